@@ -1,0 +1,14 @@
+"""The GLM configuration and model classes (importing only torch and transformers)."""
+
+from .configuration_glm import FAMILY_TOKEN_IDS, PRESETS, GLMConfig
+from .modeling_glm import GLMForConditionalGeneration, GLMModel, GLMPreTrainedModel, build_glm_attention_mask
+
+__all__ = [
+    "FAMILY_TOKEN_IDS",
+    "PRESETS",
+    "GLMConfig",
+    "GLMForConditionalGeneration",
+    "GLMModel",
+    "GLMPreTrainedModel",
+    "build_glm_attention_mask",
+]

@@ -1,0 +1,187 @@
+"""Configuration of the original GLM (THUDM/GLM, Du et al. 2021): blank infilling with 2D positions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+# Special-token ids of each tokenizer family, at the ids the original `data_utils/tokenization.py` gives them.
+# `None` marks a token the family does not have.
+FAMILY_TOKEN_IDS: dict[str, dict[str, int | None]] = {
+    # BERT WordPiece (glm-base, glm-large, glm-410m, glm-515m): [PAD] doubles as eos.
+    "bert": {
+        "pad_token_id": 0,
+        "eos_token_id": 0,
+        "bos_token_id": 101,
+        "cls_token_id": 101,
+        "sep_token_id": 102,
+        "mask_token_id": 103,
+        "unk_token_id": 100,
+        "sop_token_id": 30522,
+        "eop_token_id": 30523,
+        "gmask_token_id": None,
+        "smask_token_id": None,
+    },
+    # RoBERTa BPE (glm-roberta-large): </s> is pad, eos and [SEP]; <s> is [CLS].
+    "roberta": {
+        "pad_token_id": 2,
+        "eos_token_id": 2,
+        "bos_token_id": 0,
+        "cls_token_id": 0,
+        "sep_token_id": 2,
+        "mask_token_id": 50264,
+        "unk_token_id": 3,
+        "sop_token_id": 50265,
+        "eop_token_id": 50266,
+        "gmask_token_id": 50267,
+        "smask_token_id": 50268,
+    },
+    # GPT-2 BPE (glm-2b, glm-10b): <|endoftext|> is pad and eos, the command tokens follow the BPE vocabulary.
+    "gpt2": {
+        "pad_token_id": 50256,
+        "eos_token_id": 50256,
+        "bos_token_id": 50259,
+        "cls_token_id": 50259,
+        "sep_token_id": 50261,
+        "mask_token_id": 50260,
+        "unk_token_id": 50262,
+        "sop_token_id": 50257,
+        "eop_token_id": 50258,
+        "gmask_token_id": 50263,
+        "smask_token_id": 50264,
+    },
+    # Chinese SentencePiece with the fixed command tokens (glm-large-chinese).
+    "chinese-sp": {
+        "pad_token_id": 50000,
+        "eos_token_id": 50000,
+        "bos_token_id": 50002,
+        "cls_token_id": 50002,
+        "sep_token_id": 50001,
+        "mask_token_id": 50003,
+        "unk_token_id": 50004,
+        "sop_token_id": 50006,
+        "eop_token_id": 50007,
+        "gmask_token_id": 50009,
+        "smask_token_id": 50008,
+    },
+    # Chinese SentencePiece as glm-10b-chinese was trained (no fixed command tokens): [gMASK] shares 50007 with eop.
+    "chinese-sp-10b": {
+        "pad_token_id": 50000,
+        "eos_token_id": 50000,
+        "bos_token_id": 50002,
+        "cls_token_id": 50002,
+        "sep_token_id": 50001,
+        "mask_token_id": 50003,
+        "unk_token_id": 50004,
+        "sop_token_id": 50006,
+        "eop_token_id": 50007,
+        "gmask_token_id": 50007,
+        "smask_token_id": 50008,
+    },
+}
+
+# Shapes of the released checkpoints: (layers, hidden, heads, padded vocabulary, max sequence length, family).
+# The position tables hold max sequence length + 1 rows, as the original allocates them.
+PRESETS: dict[str, tuple[int, int, int, int, int, str]] = {
+    "glm-base": (12, 768, 12, 30592, 512, "bert"),
+    "glm-large": (24, 1024, 16, 30592, 512, "bert"),
+    "glm-410m": (30, 1024, 16, 30592, 512, "bert"),
+    "glm-515m": (30, 1152, 18, 30592, 512, "bert"),
+    "glm-roberta-large": (24, 1024, 16, 50304, 512, "roberta"),
+    "glm-large-chinese": (24, 1024, 16, 50048, 1024, "chinese-sp"),
+    "glm-2b": (36, 2048, 32, 50304, 1024, "gpt2"),
+    "glm-10b": (48, 4096, 64, 50304, 1024, "gpt2"),
+    "glm-10b-chinese": (48, 4096, 64, 50048, 1024, "chinese-sp-10b"),
+}
+
+
+@strict
+class GLMConfig(PreTrainedConfig):
+    r"""Configuration of a GLM blank-infilling model (the defaults are GLM-Large with the BERT vocabulary).
+
+    Args:
+        vocab_size: rows of the word embedding (the padded vocabulary of the released checkpoints).
+        hidden_size: width of the residual stream.
+        num_hidden_layers: number of transformer blocks.
+        num_attention_heads: attention heads; every released model uses head size 64.
+        intermediate_size: width of the MLP; `None` means 4 x `hidden_size`, as in the original.
+        max_position_embeddings: rows of the position table and of the block-position table. The original
+            allocates max sequence length + 1 rows (513 for the 512-token models).
+        block_position_encoding: whether the second (intra-span) position table exists; every released GLM has it.
+        layer_norm_eps: LayerNorm epsilon.
+        hidden_act: MLP activation; the original uses the tanh approximation of GELU.
+        embedding_dropout_prob / attention_probs_dropout_prob / hidden_dropout_prob: dropout after the embedding
+            sum, on the attention probabilities and on the attention / MLP outputs.
+        initializer_range: std of the normal initialisation (output projections are scaled by 1/sqrt(2 layers)).
+        tie_word_embeddings: the LM head reuses the word embedding, as in the original.
+        *_token_id: special tokens of the tokenizer family (`None` where the family lacks one).
+    """
+
+    model_type = "glm_blocklm"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    vocab_size: int = 30592
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 513
+    block_position_encoding: bool = True
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu_pytorch_tanh"
+    embedding_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    hidden_dropout_prob: float = 0.1
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 101
+    eos_token_id: int | list[int] | None = 0
+    sop_token_id: int | None = 30522
+    eop_token_id: int | None = 30523
+    mask_token_id: int | None = 103
+    gmask_token_id: int | None = None
+    smask_token_id: int | None = None
+    cls_token_id: int | None = 101
+    sep_token_id: int | None = 102
+    unk_token_id: int | None = 100
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """Reject shapes the model cannot be built with."""
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> GLMConfig:
+        """The configuration of a released checkpoint, e.g. `GLMConfig.from_preset("glm-10b")`."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown GLM preset {name!r}; known presets: {', '.join(PRESETS)}.")
+        layers, hidden, heads, vocab, max_length, family = PRESETS[name]
+        values: dict[str, Any] = {
+            "num_hidden_layers": layers,
+            "hidden_size": hidden,
+            "num_attention_heads": heads,
+            "vocab_size": vocab,
+            "max_position_embeddings": max_length + 1,
+            **FAMILY_TOKEN_IDS[family],
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+__all__ = ["FAMILY_TOKEN_IDS", "GLMConfig", "PRESETS"]

@@ -1,0 +1,72 @@
+"""Shared helpers: tiny GLM configurations and random models (no download, seconds on a CPU)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import glm_hf
+
+# Command tokens of the tiny test vocabulary, in the BERT family's arrangement (pad doubles as eos).
+TINY_TOKEN_IDS = {
+    "pad_token_id": 0,
+    "eos_token_id": 0,
+    "bos_token_id": 1,
+    "cls_token_id": 1,
+    "sep_token_id": 2,
+    "mask_token_id": 3,
+    "unk_token_id": 4,
+    "sop_token_id": 5,
+    "eop_token_id": 6,
+}
+
+
+def tiny_config(**overrides: Any) -> glm_hf.GLMConfig:
+    """A 2-layer, 64-wide GLM over 96 tokens; `initializer_range` large enough for non-degenerate outputs."""
+    values: dict[str, Any] = {
+        "vocab_size": 96,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 65,
+        "initializer_range": 0.3,
+        **TINY_TOKEN_IDS,
+    }
+    values.update(overrides)
+    return glm_hf.GLMConfig(**values)
+
+
+def tiny_model(
+    attn_implementation: str = "sdpa", seed: int = 0, **overrides: Any
+) -> glm_hf.GLMForConditionalGeneration:
+    """A random tiny `GLMForConditionalGeneration` in eval mode."""
+    torch.manual_seed(seed)
+    return glm_hf.GLMForConditionalGeneration._from_config(
+        tiny_config(**overrides), attn_implementation=attn_implementation
+    ).eval()
+
+
+def blank_inputs(batch_size: int = 2, part_a: int = 9, part_b: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A GLM batch with one blank per sample: Part A (random ids, a [MASK]) then [sop] + Part B tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(7, 96, (batch_size, part_a + part_b), generator=generator)
+    mask_index = torch.randint(1, part_a - 1, (batch_size,), generator=generator)
+    input_ids[torch.arange(batch_size), mask_index] = TINY_TOKEN_IDS["mask_token_id"]
+    input_ids[:, part_a] = TINY_TOKEN_IDS["sop_token_id"]
+    position_ids = torch.arange(part_a + part_b).repeat(batch_size, 1)
+    position_ids[:, part_a:] = mask_index[:, None]
+    block_position_ids = torch.zeros_like(position_ids)
+    block_position_ids[:, part_a:] = torch.arange(1, part_b + 1)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "block_position_ids": block_position_ids,
+        "prefix_length": torch.full((batch_size,), part_a),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads() -> None:
+    torch.manual_seed(0)
