@@ -11,7 +11,7 @@ from transformers import PreTrainedConfig
 # `None` marks a token the family does not have.
 FAMILY_TOKEN_IDS: dict[str, dict[str, int | None]] = {
     # BERT WordPiece (glm-base, glm-large, glm-410m, glm-515m): [PAD] doubles as eos.
-    "bert": {
+    "bert-base-uncased": {
         "pad_token_id": 0,
         "eos_token_id": 0,
         "bos_token_id": 101,
@@ -81,14 +81,15 @@ FAMILY_TOKEN_IDS: dict[str, dict[str, int | None]] = {
         "smask_token_id": 50008,
     },
 }
+FAMILY_TOKEN_IDS["bert-large-uncased"] = FAMILY_TOKEN_IDS["bert-base-uncased"]  # the same vocabulary file
 
 # Shapes of the released checkpoints: (layers, hidden, heads, padded vocabulary, max sequence length, family).
 # The position tables hold max sequence length + 1 rows, as the original allocates them.
 PRESETS: dict[str, tuple[int, int, int, int, int, str]] = {
-    "glm-base": (12, 768, 12, 30592, 512, "bert"),
-    "glm-large": (24, 1024, 16, 30592, 512, "bert"),
-    "glm-410m": (30, 1024, 16, 30592, 512, "bert"),
-    "glm-515m": (30, 1152, 18, 30592, 512, "bert"),
+    "glm-base": (12, 768, 12, 30592, 512, "bert-base-uncased"),
+    "glm-large": (24, 1024, 16, 30592, 512, "bert-base-uncased"),
+    "glm-410m": (30, 1024, 16, 30592, 512, "bert-base-uncased"),
+    "glm-515m": (30, 1152, 18, 30592, 512, "bert-base-uncased"),
     "glm-roberta-large": (24, 1024, 16, 50304, 512, "roberta"),
     "glm-large-chinese": (24, 1024, 16, 50048, 1024, "chinese-sp"),
     "glm-2b": (36, 2048, 32, 50304, 1024, "gpt2"),

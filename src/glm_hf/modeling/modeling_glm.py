@@ -17,7 +17,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationMixin
+from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -302,15 +302,10 @@ class GLMModel(GLMPreTrainedModel):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         if cache_position is None:
             cache_position = torch.arange(past_length, past_length + query_length, device=device)
-        if past_length + query_length > self.config.max_position_embeddings:
-            raise ValueError(
-                f"The sequence has {past_length + query_length} tokens (cached + new), more than "
-                f"max_position_embeddings={self.config.max_position_embeddings} rows of the position tables."
-            )
-
         position_ids, block_position_ids = self._resolve_positions(
             position_ids, block_position_ids, cache_position, batch_size
         )
+        self._check_position_range(position_ids, block_position_ids, past_length + query_length)
         hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
         hidden_states = self.embedding_dropout(hidden_states)
 
@@ -364,6 +359,21 @@ class GLMModel(GLMPreTrainedModel):
             block_position_ids = torch.zeros_like(position_ids)
         return position_ids, block_position_ids
 
+    def _check_position_range(
+        self, position_ids: torch.Tensor, block_position_ids: torch.Tensor | None, sequence_length: int
+    ) -> None:
+        """A clear error instead of an index error when an id is past the position tables (one host sync)."""
+        if torch.compiler.is_compiling():
+            return
+        ids = position_ids if block_position_ids is None else torch.stack([position_ids, block_position_ids])
+        largest = int(ids.max())
+        if largest >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"Position id {largest} is past the {self.config.max_position_embeddings} rows of the position "
+                f"tables (max_position_embeddings={self.config.max_position_embeddings}); the input has "
+                f"{sequence_length} tokens (cached + new). Shorten it."
+            )
+
     def _build_mask(
         self,
         attention_mask: torch.Tensor | None,
@@ -395,6 +405,15 @@ class GLMModel(GLMPreTrainedModel):
         return build_glm_attention_mask(cache_position, key_length, prefix, padding_mask)
 
 
+def glm_generation_config(config: GLMConfig) -> GenerationConfig:
+    """Generation defaults saved with a GLM: stop at eop or eos, pad with the family's pad id."""
+    generation_config = GenerationConfig.from_model_config(config)
+    end_ids = list(dict.fromkeys(i for i in (config.eop_token_id, config.eos_token_id) if i is not None))
+    if end_ids:
+        generation_config.eos_token_id = end_ids if len(end_ids) > 1 else end_ids[0]
+    return generation_config
+
+
 class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
     """GLM with its LM head (tied to the word embeddings): blank infilling, scoring and `generate()`."""
 
@@ -406,10 +425,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.glm = GLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-        end_ids = [config.eop_token_id, config.eos_token_id]
-        end_ids = list(dict.fromkeys(i for i in end_ids if i is not None))
-        if self.generation_config is not None and end_ids:
-            self.generation_config.eos_token_id = end_ids if len(end_ids) > 1 else end_ids[0]
+        self.generation_config = glm_generation_config(config)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.glm.word_embeddings
@@ -511,6 +527,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             model_inputs["block_position_ids"] = block_position_ids[:, -position_ids.shape[-1] :]
         return model_inputs
 
+    def _prepare_attention_mask_for_generation(
+        self, inputs_tensor: torch.Tensor, generation_config: GenerationConfig, model_kwargs: dict[str, Any]
+    ) -> torch.LongTensor:
+        """No mask given means no padding: GLM prompts hold [eos] (often the pad id) inside Part A, so a mask
+        guessed from the pad id would hide it. Left-padded batches pass their `attention_mask`."""
+        return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
+
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """Keep the 2-D padding mask: the model builds GLM's mixed mask itself (also for static caches)."""
         return attention_mask
@@ -546,4 +569,5 @@ __all__ = [
     "GLMModel",
     "GLMPreTrainedModel",
     "build_glm_attention_mask",
+    "glm_generation_config",
 ]
