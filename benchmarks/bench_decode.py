@@ -60,13 +60,6 @@ def build_model(args: argparse.Namespace) -> GLMForConditionalGeneration:
     overrides: dict[str, int | float] = {}
     if args.layers:
         overrides["num_hidden_layers"] = args.layers
-    preset_rows = PRESETS[args.preset][4] + 1
-    total = args.context + args.new_tokens
-    if total > preset_rows:
-        # Part B tokens keep the [MASK]'s position, so every position / block-position id stays below the preset's
-        # table size; the model nonetheless checks the total sequence length against max_position_embeddings, so
-        # the tables get enough rows for the whole sequence (the compute is unchanged).
-        overrides["max_position_embeddings"] = total
     config = GLMConfig.from_preset(args.preset, initializer_range=args.init_std, **overrides)
     torch.manual_seed(args.seed)
     model = GLMForConditionalGeneration(config)
@@ -88,7 +81,6 @@ def build_prompt(config: GLMConfig, context: int, device: str, seed: int) -> dic
     input_ids = torch.tensor([[*part_a, config.sop_token_id]], device=device)
     return {
         "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),  # explicit: the prompt holds [eos], which is also the pad id
         "position_ids": torch.tensor([[*range(n), mask_position]], device=device),
         "block_position_ids": torch.tensor([[0] * n + [1]], device=device),
         "prefix_length": n,
