@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +13,32 @@ def _demo(args: argparse.Namespace) -> None:
     from .demo import print_report, run_demo
 
     print_report(run_demo(output=args.output, seed=args.seed, max_new_tokens=args.max_new_tokens))
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .conversion import convert_checkpoint
+
+    report = convert_checkpoint(
+        args.source,
+        args.output,
+        dtype=args.dtype,
+        num_attention_heads=args.num_attention_heads,
+        tokenizer_family=args.tokenizer,
+        vocab_dir=args.vocab_dir,
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
+        verify=args.verify,
+        trust_remote_pickle=args.trust_remote_pickle,
+        command="glm-hf " + " ".join(shlex.quote(arg) for arg in args.argv),
+    )
+    print(report.summary())
+
+
+def _export_original(args: argparse.Namespace) -> None:
+    from .conversion import export_original
+
+    for path in export_original(args.folder, args.output, mp=args.mp, overwrite=args.overwrite):
+        print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +50,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--max-new-tokens", type=int, default=8)
     demo.set_defaults(run=_demo)
+
+    convert = jobs.add_parser("convert", help="original GLM checkpoint -> safetensors folder for from_pretrained")
+    convert.add_argument("source", type=Path, help="checkpoint folder (released, flat or Hub layout) or .pt/.bin file")
+    convert.add_argument("output", type=Path, help="folder to create")
+    convert.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
+    convert.add_argument("--num-attention-heads", type=int, default=None, help="default: hidden size / 64")
+    convert.add_argument("--tokenizer", default=None, metavar="FAMILY", help="tokenizer family (special token ids)")
+    convert.add_argument("--vocab-dir", type=Path, default=None, help="folder with the family's vocabulary files")
+    convert.add_argument("--max-shard-size", default="5GB")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    convert.add_argument("--verify", action="store_true", help="reload, compare every tensor, run a forward pass")
+    convert.add_argument(
+        "--trust-remote-pickle", action="store_true", help="unpickle globals beyond those GLM checkpoints need"
+    )
+    convert.set_defaults(run=_convert)
+
+    export = jobs.add_parser("export-original", help="glm-hf folder -> the original checkpoint layout")
+    export.add_argument("folder", type=Path)
+    export.add_argument("output", type=Path)
+    export.add_argument("--mp", type=int, default=1, help="model-parallel ranks to split into")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(run=_export_original)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.run(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
         raise SystemExit(f"glm-hf {args.job}: error: {error}") from None
 
 

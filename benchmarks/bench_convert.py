@@ -1,0 +1,146 @@
+"""Peak memory of `glm-hf convert` against the size of the checkpoint it converts.
+
+Writes a synthetic fp16 checkpoint in the released layout (`latest_checkpointed_iteration.txt` + `<iter>/mp_rank_XX_
+model_states.pt`, with the numpy RNG state GLM saves beside `module`) of about `--size-gb` GB (glm-2b's width, as many
+layers as fit), then converts it twice, each in a fresh subprocess whose peak RSS is read from `getrusage`:
+
+- glm-hf: `convert_checkpoint` (memory-mapped shards, one tensor at a time, streaming safetensors writer);
+- baseline: the obvious script, `torch.load` everything into RAM, rename, `safetensors.torch.save_file`.
+
+Usage:
+    PYTHONPATH=src python benchmarks/bench_convert.py --size-gb 2 [--mp 2] [--workdir /tmp/glm-bench]
+
+Prints each peak RSS, its ratio to the checkpoint size, and the ratio baseline / glm-hf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glm_hf.conversion.merge import split_partitions
+
+HIDDEN = 2048
+VOCAB = 50304
+POSITIONS = 1025
+
+
+def synthetic_backbone(num_layers: int) -> OrderedDict[str, torch.Tensor]:
+    """Random fp16 tensors with the original GLM names and glm-2b's widths."""
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) * 0.02).to(torch.float16)
+
+    module: OrderedDict[str, torch.Tensor] = OrderedDict()
+    module["word_embeddings.weight"] = tensor(VOCAB, HIDDEN)
+    module["transformer.position_embeddings.weight"] = tensor(POSITIONS, HIDDEN)
+    module["transformer.block_position_embeddings.weight"] = tensor(POSITIONS, HIDDEN)
+    for layer in range(num_layers):
+        prefix = f"transformer.layers.{layer}."
+        shapes = {
+            "input_layernorm": (HIDDEN,),
+            "attention.query_key_value": (3 * HIDDEN, HIDDEN),
+            "attention.dense": (HIDDEN, HIDDEN),
+            "post_attention_layernorm": (HIDDEN,),
+            "mlp.dense_h_to_4h": (4 * HIDDEN, HIDDEN),
+            "mlp.dense_4h_to_h": (HIDDEN, 4 * HIDDEN),
+        }
+        for name, shape in shapes.items():
+            module[f"{prefix}{name}.weight"] = tensor(*shape)
+            module[f"{prefix}{name}.bias"] = tensor(shape[0])
+    module["transformer.final_layernorm.weight"] = tensor(HIDDEN)
+    module["transformer.final_layernorm.bias"] = tensor(HIDDEN)
+    return module
+
+
+def write_checkpoint(folder: Path, size_gb: float, mp: int) -> int:
+    """A released-layout checkpoint of about `size_gb` GB; returns its size in bytes."""
+    per_layer = 2 * (12 * HIDDEN * HIDDEN + 13 * HIDDEN)
+    fixed = 2 * (VOCAB + 2 * POSITIONS) * HIDDEN
+    num_layers = max(1, round((size_gb * 1e9 - fixed) / per_layer))
+    module = synthetic_backbone(num_layers)
+    (folder / "1000").mkdir(parents=True)
+    (folder / "latest_checkpointed_iteration.txt").write_text("1000")
+    shards: list[OrderedDict[str, torch.Tensor]] = [OrderedDict() for _ in range(mp)]
+    for name in list(module):
+        for rank, part in enumerate(split_partitions(name, module.pop(name), mp)):
+            shards[rank][name] = part
+    for rank, shard in enumerate(shards):
+        contents = {"module": shard, "mp_world_size": mp, "iteration": 1000, "np_rng_state": np.random.get_state()}
+        torch.save(contents, folder / "1000" / f"mp_rank_{rank:02d}_model_states.pt")
+    return sum(file.stat().st_size for file in (folder / "1000").iterdir())
+
+
+GLM_HF_JOB = """
+import sys
+from glm_hf.conversion import convert_checkpoint
+convert_checkpoint(sys.argv[1], sys.argv[2], show_progress=False)
+"""
+
+BASELINE_JOB = """
+import sys, pathlib, numpy as np, torch
+from safetensors.torch import save_file
+from glm_hf.conversion import original_to_hf_state_dict
+from glm_hf.conversion.merge import merge_partitions
+folder = pathlib.Path(sys.argv[1]) / "1000"
+shards = [torch.load(f, map_location="cpu", weights_only=False)["module"] for f in sorted(folder.glob("mp_rank_*"))]
+merged = {name: merge_partitions(name, [shard[name] for shard in shards]).contiguous() for name in shards[0]}
+pathlib.Path(sys.argv[2]).mkdir()
+save_file(original_to_hf_state_dict(merged), str(pathlib.Path(sys.argv[2]) / "model.safetensors"))
+"""
+
+
+def peak_rss_of(job: str, source: Path, output: Path) -> tuple[int, float]:
+    """Run `job` in a fresh interpreter; its peak RSS in bytes and its wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", job, str(source), str(output)], check=True)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak_kib <= before:
+        raise RuntimeError("ru_maxrss of children did not grow; run each job in its own benchmark process.")
+    return peak_kib * 1024, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--mp", type=int, default=1, help="model-parallel shards of the synthetic checkpoint")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="glm-bench-convert-", dir=args.workdir))
+    try:
+        size = write_checkpoint(workdir / "original", args.size_gb, args.mp)
+        print(f"machine: {platform.platform()}, {platform.machine()}; torch {torch.__version__}")
+        print(f"checkpoint: {size / 1e9:.2f} GB fp16 in {args.mp} shard(s) (glm-2b width)")
+        results = {}
+        jobs = {"glm-hf": GLM_HF_JOB} if args.skip_baseline else {"glm-hf": GLM_HF_JOB, "baseline": BASELINE_JOB}
+        for name, job in jobs.items():
+            peak, seconds = peak_rss_of(job, workdir / "original", workdir / name)
+            results[name] = peak
+            print(f"{name}: peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint size, {seconds:.1f} s")
+            shutil.rmtree(workdir / name)
+        if "baseline" in results:
+            print(f"baseline / glm-hf peak RSS: {results['baseline'] / results['glm-hf']:.2f} x")
+        print(json.dumps({name: round(peak / size, 3) for name, peak in results.items()}))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Original GLM checkpoint -> safetensors folder that `AutoModelForSeq2SeqLM.from_pretrained` loads.
+
+One direction, tensor by tensor: read the (memory-mapped) source shards, merge model-parallel parts, rename, cast,
+write. Hyper-parameters come from the tensors. The output is written into a temporary folder beside OUTPUT and
+renamed into place only when complete, so a failure leaves nothing behind and an existing OUTPUT is only replaced
+with `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..modeling.configuration_glm import FAMILY_TOKEN_IDS, GLMConfig
+from ..modeling.modeling_glm import glm_generation_config
+from .atomic import atomic_output_folder
+from .checkpoint import CheckpointError, CheckpointSource, load_checkpoint_file, locate_checkpoint, model_state_dict
+from .keys import find_backbone, original_to_hf_key
+from .merge import FUSED_QKV, REPLICATED, merge_partitions, partition_rule
+from .safetensors_writer import PlannedTensor, write_sharded_safetensors
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+HEAD_SIZE = 64  # every released GLM uses 64-wide heads
+SPECIAL_TOKEN_FIELDS = tuple(FAMILY_TOKEN_IDS["gpt2"])
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion read, wrote and left out."""
+
+    source: Path
+    output: Path
+    layout: str
+    num_shards: int
+    config: GLMConfig
+    tokenizer_family: str | None
+    dtype: torch.dtype
+    files: list[str]
+    left_out: list[str] = field(default_factory=list)
+    source_sha256: dict[str, str] = field(default_factory=dict)
+    verify_summary: str | None = None
+
+    def summary(self) -> str:
+        config = self.config
+        lines = [
+            f"source:  {self.source} ({self.layout} layout, {self.num_shards} model-parallel shard(s))",
+            f"output:  {self.output}: {', '.join(self.files)}",
+            f"model:   {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+            f"{config.num_attention_heads} heads, vocab {config.vocab_size}, "
+            f"{config.max_position_embeddings} position rows, block positions: {config.block_position_encoding}",
+            f"dtype:   {str(self.dtype).removeprefix('torch.')}; "
+            f"tokenizer family: {self.tokenizer_family or 'unknown (pass --tokenizer FAMILY)'}",
+        ]
+        if self.left_out:
+            lines.append(f"left out ({len(self.left_out)} keys not in the backbone): {', '.join(self.left_out)}")
+        if self.verify_summary:
+            lines.append(f"verify:  {self.verify_summary}")
+        return "\n".join(lines)
+
+
+def merged_shape(name: str, shapes: list[torch.Size]) -> tuple[int, ...]:
+    """The shape of `name` after merging its per-rank shapes, checking that they fit together."""
+    rule = partition_rule(name)
+    first = tuple(shapes[0])
+    if rule == REPLICATED or len(shapes) == 1:
+        if any(tuple(shape) != first for shape in shapes):
+            raise CheckpointError(f"{name} is replicated over the shards but their shapes differ: {shapes}.")
+        return first
+    dim = 0 if rule == FUSED_QKV else rule
+    rest = {tuple(size for d, size in enumerate(shape) if d != dim) for shape in shapes}
+    if len(rest) != 1:
+        raise CheckpointError(f"{name} has shard shapes that do not fit together along dim {dim}: {shapes}.")
+    merged = list(first)
+    merged[dim] = sum(shape[dim] for shape in shapes)
+    return tuple(merged)
+
+
+def infer_config(
+    shapes: Mapping[str, tuple[int, ...]],
+    num_attention_heads: int | None,
+    tokenizer_family: str | None,
+    hub_config: Mapping[str, Any] | None,
+) -> GLMConfig:
+    """The GLMConfig of a backbone, from its tensor shapes (and THUDM's Hub config for the head count)."""
+    vocab_size, hidden_size = shapes["word_embeddings.weight"]
+    num_layers = 1 + max(int(name.split(".")[2]) for name in shapes if name.startswith("transformer.layers."))
+    if num_attention_heads is None and hub_config is not None:
+        num_attention_heads = hub_config.get("num_attention_heads")
+    if num_attention_heads is None:
+        num_attention_heads = max(1, hidden_size // HEAD_SIZE)
+    if hidden_size % num_attention_heads:
+        raise CheckpointError(
+            f"hidden size {hidden_size} is not divisible by {num_attention_heads} heads; pass --num-attention-heads."
+        )
+    if tokenizer_family is not None and tokenizer_family not in FAMILY_TOKEN_IDS:
+        raise CheckpointError(f"Unknown tokenizer family {tokenizer_family!r}; known: {', '.join(FAMILY_TOKEN_IDS)}.")
+    special_ids = FAMILY_TOKEN_IDS[tokenizer_family] if tokenizer_family else dict.fromkeys(SPECIAL_TOKEN_FIELDS, None)
+    return GLMConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=shapes["transformer.layers.0.mlp.dense_h_to_4h.weight"][0],
+        max_position_embeddings=shapes["transformer.position_embeddings.weight"][0],
+        block_position_encoding="transformer.block_position_embeddings.weight" in shapes,
+        **special_ids,
+    )
+
+
+def guess_tokenizer_family(vocab_size: int, hidden_size: int, num_layers: int) -> str | None:
+    """The tokenizer family of a released shape (padded vocabulary + size), or None for other shapes."""
+    if vocab_size == 30592:
+        return "bert-base-uncased"
+    if vocab_size == 50048:
+        return "chinese-sp-10b" if num_layers == 48 else "chinese-sp"
+    if vocab_size == 50304:
+        return "roberta" if (num_layers, hidden_size) == (24, 1024) else "gpt2"
+    return None
+
+
+def sha256_of(path: Path, progress: tqdm | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+            if progress is not None:
+                progress.update(len(chunk))
+    return digest.hexdigest()
+
+
+@dataclass
+class _LoadedSource:
+    source: CheckpointSource
+    shards: list[Mapping[str, torch.Tensor]]
+    backbone: dict[str, str]
+    left_out: list[str]
+
+    def merged(self, name: str) -> torch.Tensor:
+        try:
+            return merge_partitions(name, [shard[self.backbone[name]] for shard in self.shards])
+        except ValueError as error:
+            raise CheckpointError(f"{self.source.root}: {error}") from None
+
+
+def load_source(source: str | Path, trust_remote_pickle: bool = False) -> _LoadedSource:
+    """Locate, load (memory-mapped) and check every shard of an original checkpoint."""
+    located = locate_checkpoint(source)
+    loaded = [load_checkpoint_file(file, trust_remote_pickle) for file in located.files]
+    for file, contents in zip(located.files, loaded, strict=True):
+        recorded = contents.get("mp_world_size") if isinstance(contents, Mapping) else None
+        if recorded is not None and recorded != len(located.files):
+            raise CheckpointError(
+                f"{file} records mp_world_size={recorded}, but {len(located.files)} shard(s) were found in "
+                f"{file.parent}: a shard is missing or one is left over."
+            )
+    shards = [model_state_dict(contents, file) for file, contents in zip(located.files, loaded, strict=True)]
+    try:
+        prefix, backbone, left_out = find_backbone(shards[0].keys())
+    except ValueError as error:
+        raise CheckpointError(f"{located.files[0]}: {error}") from None
+    for file, shard in zip(located.files[1:], shards[1:], strict=True):
+        if set(shard) != set(shards[0]):
+            difference = sorted(set(shard) ^ set(shards[0]))
+            raise CheckpointError(f"{file} holds different keys than {located.files[0]}: {', '.join(difference)}.")
+    return _LoadedSource(source=located, shards=shards, backbone=backbone, left_out=left_out)
+
+
+def plan_tensors(loaded: _LoadedSource, dtype: torch.dtype) -> tuple[list[PlannedTensor], dict[str, tuple[int, ...]]]:
+    """The output tensors in glm-hf names with their merged shapes; values are merged and cast when written."""
+    shapes = {
+        name: merged_shape(name, [shard[key].shape for shard in loaded.shards])
+        for name, key in loaded.backbone.items()
+    }
+
+    def producer(name: str) -> Callable[[], torch.Tensor]:
+        return lambda: loaded.merged(name).to(dtype)
+
+    planned = [
+        PlannedTensor(original_to_hf_key(name), shapes[name], dtype, producer(name))
+        for name in sorted(loaded.backbone)
+    ]
+    return planned, shapes
+
+
+def _resolve_dtype(dtype: str, loaded: _LoadedSource) -> torch.dtype:
+    if dtype == "auto":
+        return loaded.shards[0][loaded.backbone["word_embeddings.weight"]].dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(f"Unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def convert_checkpoint(
+    source: str | Path,
+    output: str | Path,
+    *,
+    dtype: str = "auto",
+    num_attention_heads: int | None = None,
+    tokenizer_family: str | None = None,
+    vocab_dir: str | Path | None = None,
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+    verify: bool = False,
+    trust_remote_pickle: bool = False,
+    show_progress: bool = True,
+    command: str | None = None,
+) -> ConversionReport:
+    """Convert an original GLM checkpoint into a safetensors model folder at `output` (atomically)."""
+    output = Path(output)
+    if output.exists() and not overwrite:  # checked again when writing; fail before the slow part
+        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it.")
+    if vocab_dir is not None and tokenizer_family is None:
+        raise CheckpointError("--vocab-dir needs --tokenizer FAMILY to know which vocabulary files to read.")
+
+    loaded = load_source(source, trust_remote_pickle)
+    torch_dtype = _resolve_dtype(dtype, loaded)
+    planned, shapes = plan_tensors(loaded, torch_dtype)
+    vocab_size, hidden_size = shapes["word_embeddings.weight"]
+    num_layers = 1 + max(int(name.split(".")[2]) for name in shapes if name.startswith("transformer.layers."))
+    family = tokenizer_family or guess_tokenizer_family(vocab_size, hidden_size, num_layers)
+    config = infer_config(shapes, num_attention_heads, family, loaded.source.hub_config)
+    config.dtype = torch_dtype
+
+    with atomic_output_folder(output, overwrite) as staging:
+        files = write_sharded_safetensors(staging, planned, max_shard_size, show_progress)
+        _write_config_files(staging, config)
+        files += ["config.json", "generation_config.json"]
+        if vocab_dir is not None:
+            files += _write_tokenizer(staging, family, Path(vocab_dir))
+        total = sum(file.stat().st_size for file in loaded.source.files)
+        with tqdm(total=total, desc="Hashing source", unit="B", unit_scale=True, disable=not show_progress) as bar:
+            hashes = {str(file.relative_to(loaded.source.root)): sha256_of(file, bar) for file in loaded.source.files}
+        report = ConversionReport(
+            source=Path(source),
+            output=output,
+            layout=loaded.source.layout,
+            num_shards=len(loaded.shards),
+            config=config,
+            tokenizer_family=family,
+            dtype=torch_dtype,
+            files=sorted([*files, "README.md"]),
+            left_out=loaded.left_out,
+            source_sha256=hashes,
+        )
+        (staging / "README.md").write_text(model_card(report, command))
+        if verify:
+            report.verify_summary = verify_conversion(staging, loaded, torch_dtype)
+    return report
+
+
+def _write_config_files(folder: Path, config: GLMConfig) -> None:
+    config.architectures = ["GLMForConditionalGeneration"]
+    config.save_pretrained(folder)
+    glm_generation_config(config).save_pretrained(folder)
+
+
+def _write_tokenizer(folder: Path, family: str | None, vocab_dir: Path) -> list[str]:
+    from ..tokenization_glm import build_tokenizer
+
+    before = set(path.name for path in folder.iterdir())
+    build_tokenizer(family, vocab_dir).save_pretrained(folder)
+    return sorted(set(path.name for path in folder.iterdir()) - before)
+
+
+def verify_conversion(folder: Path, loaded: _LoadedSource, dtype: torch.dtype) -> str:
+    """Reload `folder` with the Auto classes, compare every tensor bitwise with its source, run one forward."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype).eval()
+    state = model.state_dict()
+    for name in loaded.backbone:
+        if not torch.equal(state[original_to_hf_key(name)], loaded.merged(name).to(dtype)):
+            raise CheckpointError(f"Verification failed: {name} differs from its source after conversion.")
+    length = min(8, model.config.max_position_embeddings)
+    input_ids = torch.arange(length).remainder(model.config.vocab_size)[None]
+    with torch.no_grad():
+        logits = model(input_ids.to(model.device)).logits
+    if not torch.isfinite(logits).all():
+        raise CheckpointError("Verification failed: the converted model gives non-finite logits.")
+    return (
+        f"{len(loaded.backbone)} tensors equal their source bitwise; a forward pass on {length} tokens gives "
+        f"finite logits {tuple(logits.shape)}"
+    )
+
+
+def model_card(report: ConversionReport, command: str | None) -> str:
+    """A short README naming the source, its sha256 and how the folder was made."""
+    hashes = "\n".join(f"- `{name}`: sha256 `{digest}`" for name, digest in report.source_sha256.items())
+    left_out = ", ".join(f"`{key}`" for key in report.left_out) or "nothing"
+    return f"""---
+library_name: transformers
+tags:
+- glm
+- glm_blocklm
+- blank-infilling
+---
+
+# GLM ({report.config.num_hidden_layers} layers, hidden {report.config.hidden_size}) converted with glm-hf
+
+Converted from the original THUDM/GLM checkpoint `{report.source}` ({report.layout} layout,
+{report.num_shards} model-parallel shard(s)) to safetensors ({str(report.dtype).removeprefix("torch.")}).
+
+Source files:
+{hashes}
+
+Left out of the conversion (not part of the GLM backbone): {left_out}.
+
+Made with: `{command or "glm_hf.conversion.convert_checkpoint"}`
+
+```python
+import glm_hf  # registers model_type "glm_blocklm"
+from transformers import AutoModelForSeq2SeqLM
+
+model = AutoModelForSeq2SeqLM.from_pretrained("path/to/this/folder")
+```
+"""
