@@ -10,7 +10,8 @@ layers as fit), then converts it twice, each in a fresh subprocess whose peak RS
 Usage:
     PYTHONPATH=src python benchmarks/bench_convert.py --size-gb 2 [--mp 2] [--workdir /tmp/glm-bench]
 
-Prints each peak RSS, its ratio to the checkpoint size, and the ratio baseline / glm-hf.
+Prints each peak RSS (as the job itself reads it: VmHWM in /proc/self/status), its ratio to the checkpoint size, the same
+above the RSS of an interpreter that only imports torch, transformers and glm_hf, and baseline / glm-hf.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -84,13 +84,30 @@ def write_checkpoint(folder: Path, size_gb: float, mp: int) -> int:
     return sum(file.stat().st_size for file in (folder / "1000").iterdir())
 
 
-GLM_HF_JOB = """
+# VmHWM is this address space's own peak (getrusage's ru_maxrss is inherited from the parent across fork + exec).
+REPORT_PEAK = """
+import re
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024)
+"""
+
+IMPORT_ONLY_JOB = (
+    """
+import glm_hf.conversion, safetensors.torch
+"""
+    + REPORT_PEAK
+)
+
+GLM_HF_JOB = (
+    """
 import sys
 from glm_hf.conversion import convert_checkpoint
 convert_checkpoint(sys.argv[1], sys.argv[2], show_progress=False)
 """
+    + REPORT_PEAK
+)
 
-BASELINE_JOB = """
+BASELINE_JOB = (
+    """
 import sys, pathlib, numpy as np, torch
 from safetensors.torch import save_file
 from glm_hf.conversion import original_to_hf_state_dict
@@ -101,18 +118,17 @@ merged = {name: merge_partitions(name, [shard[name] for shard in shards]).contig
 pathlib.Path(sys.argv[2]).mkdir()
 save_file(original_to_hf_state_dict(merged), str(pathlib.Path(sys.argv[2]) / "model.safetensors"))
 """
+    + REPORT_PEAK
+)
 
 
 def peak_rss_of(job: str, source: Path, output: Path) -> tuple[int, float]:
-    """Run `job` in a fresh interpreter; its peak RSS in bytes and its wall time."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run `job` in a fresh interpreter, which prints its own peak RSS; that figure in bytes and the wall time."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", job, str(source), str(output)], check=True)
-    seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak_kib <= before:
-        raise RuntimeError("ru_maxrss of children did not grow; run each job in its own benchmark process.")
-    return peak_kib * 1024, seconds
+    result = subprocess.run(
+        [sys.executable, "-c", job, str(source), str(output)], check=True, capture_output=True, text=True
+    )
+    return int(result.stdout.split()[-1]), time.perf_counter() - start
 
 
 def main() -> None:
@@ -128,12 +144,17 @@ def main() -> None:
         size = write_checkpoint(workdir / "original", args.size_gb, args.mp)
         print(f"machine: {platform.platform()}, {platform.machine()}; torch {torch.__version__}")
         print(f"checkpoint: {size / 1e9:.2f} GB fp16 in {args.mp} shard(s) (glm-2b width)")
+        interpreter, _ = peak_rss_of(IMPORT_ONLY_JOB, workdir / "original", workdir / "unused")
+        print(f"interpreter with torch + transformers + glm_hf imported: {interpreter / 1e9:.2f} GB")
         results = {}
         jobs = {"glm-hf": GLM_HF_JOB} if args.skip_baseline else {"glm-hf": GLM_HF_JOB, "baseline": BASELINE_JOB}
         for name, job in jobs.items():
             peak, seconds = peak_rss_of(job, workdir / "original", workdir / name)
             results[name] = peak
-            print(f"{name}: peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint size, {seconds:.1f} s")
+            print(
+                f"{name}: peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint size "
+                f"({(peak - interpreter) / size:.2f} x above the interpreter), {seconds:.1f} s"
+            )
             shutil.rmtree(workdir / name)
         if "baseline" in results:
             print(f"baseline / glm-hf peak RSS: {results['baseline'] / results['glm-hf']:.2f} x")

@@ -41,6 +41,12 @@ def _export_original(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _infill(args: argparse.Namespace) -> None:
+    from .infill_cli import run_infill
+
+    run_infill(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-hf", description="The original GLM in transformers.")
     jobs = parser.add_subparsers(dest="job", required=True)
@@ -65,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-remote-pickle", action="store_true", help="unpickle globals beyond those GLM checkpoints need"
     )
     convert.set_defaults(run=_convert)
+
+    infill = jobs.add_parser("infill", help="fill every [MASK]/[sMASK]/[gMASK] of texts, or of a .txt/.jsonl file")
+    infill.add_argument("texts", nargs="*", help="texts with blanks (or use --input)")
+    infill.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded default)")
+    infill.add_argument("--input", type=Path, default=None, help=".txt (a text per line) or .jsonl ({'text': ...})")
+    infill.add_argument("--output", type=Path, default=None, help=".jsonl to write (default: print)")
+    infill.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    infill.add_argument("--batch-size", type=int, default=16)
+    infill.add_argument("--max-new-tokens", type=int, default=32, help="per blank")
+    infill.add_argument("--num-beams", type=int, default=1)
+    infill.add_argument("--do-sample", action="store_true")
+    infill.add_argument("--top-k", type=int, default=None)
+    infill.add_argument("--top-p", type=float, default=None)
+    infill.add_argument("--temperature", type=float, default=None)
+    infill.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    infill.set_defaults(run=_infill)
 
     export = jobs.add_parser("export-original", help="glm-hf folder -> the original checkpoint layout")
     export.add_argument("folder", type=Path)

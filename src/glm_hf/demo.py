@@ -80,6 +80,13 @@ def build_demo_config(tokenizer: PreTrainedTokenizerFast) -> GLMConfig:
     )
 
 
+def default_model_and_tokenizer(seed: int = 0) -> tuple[GLMForConditionalGeneration, PreTrainedTokenizerFast]:
+    """The embedded default of `glm-hf demo` / `glm-hf infill`: the demo vocabulary and a seeded random GLM."""
+    tokenizer = build_demo_tokenizer()
+    torch.manual_seed(seed)
+    return GLMForConditionalGeneration(build_demo_config(tokenizer)).eval(), tokenizer
+
+
 def single_blank_inputs(token_ids: list[int], config: GLMConfig) -> dict[str, torch.Tensor | int]:
     """GLM's inputs for filling the one [MASK] of `[CLS] text [eos]`: Part A, then [sop] at the mask's position."""
     if config.mask_token_id not in token_ids:
@@ -99,9 +106,7 @@ def single_blank_inputs(token_ids: list[int], config: GLMConfig) -> dict[str, to
 
 def run_demo(output: Path | None = None, seed: int = 0, max_new_tokens: int = 8) -> DemoReport:
     """Build, save, reload and fill one blank; returns what happened."""
-    torch.manual_seed(seed)
-    tokenizer = build_demo_tokenizer()
-    model = GLMForConditionalGeneration(build_demo_config(tokenizer)).eval()
+    model, tokenizer = default_model_and_tokenizer(seed)
 
     folder = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="glm-demo-"))
     if folder.exists() and any(folder.iterdir()):

@@ -1,0 +1,219 @@
+"""Blank infilling as the original `generate_samples.py` does it, batched and on the KV cache.
+
+A prompt is `[CLS] text [eos]` (no [eos] after a trailing [gMASK]); a text without a mask token gets ` [gMASK]`
+(or ` [MASK]` for vocabularies without task masks) appended, with a warning. Every blank is filled left to right:
+for blank k, [sop] takes the mask's position and block position 1, new tokens keep that position and count block
+positions up, and everything filled before (context and earlier spans) is visible. The context is encoded once per
+batch; each blank runs `generate()` on the cache, and the chosen span is appended to the cache with one forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .modeling.configuration_glm import GLMConfig
+from .modeling.modeling_glm import GLMForConditionalGeneration
+
+MASK_TEXT = re.compile(r"\[(?:MASK|sMASK|gMASK)\]")
+
+
+@dataclass
+class InfillingResult:
+    """One input text with every blank filled, and the generated strings, one per blank, in order."""
+
+    text: str
+    spans: list[str]
+
+
+def mask_token_ids(config: GLMConfig) -> list[int]:
+    """The ids that mark a blank: [MASK], and [sMASK] / [gMASK] where the family has them."""
+    ids = [config.mask_token_id, config.smask_token_id, config.gmask_token_id]
+    return [token_id for token_id in dict.fromkeys(ids) if token_id is not None]
+
+
+def prompt_text(text: str, config: GLMConfig) -> str:
+    """The text as the original prompts it: unchanged with a mask, else with ` [gMASK]` (or ` [MASK]`) appended."""
+    if not text.strip():
+        raise ValueError("Cannot fill blanks in an empty text.")
+    missing = {"[sMASK]": config.smask_token_id, "[gMASK]": config.gmask_token_id}
+    for mask, token_id in missing.items():
+        if token_id is None and mask in text:
+            raise ValueError(f"This model's vocabulary has no {mask}; use [MASK] (or a model with task masks).")
+    if MASK_TEXT.search(text):
+        return text
+    appended = "[gMASK]" if config.gmask_token_id is not None else "[MASK]"
+    warnings.warn(
+        f"The text has no [MASK], [sMASK] or [gMASK]; appending ' {appended}' as the original does.", stacklevel=3
+    )
+    return f"{text} {appended}"
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, config: GLMConfig, text: str) -> list[int]:
+    """`[CLS] text [eos]` ids (no [eos] after a trailing [gMASK]); raises when the prompt does not fit."""
+    ids = [config.cls_token_id, *tokenizer.encode(text, add_special_tokens=False)]
+    if not (config.gmask_token_id is not None and ids[-1] == config.gmask_token_id):
+        ids.append(config.eos_token_id)
+    if len(ids) >= config.max_position_embeddings:
+        raise ValueError(
+            f"The prompt has {len(ids)} tokens; the model's position tables hold max_position_embeddings="
+            f"{config.max_position_embeddings} positions, and the blank needs at least one more. Shorten the text."
+        )
+    return ids
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids [B, L] and the padding mask (1 = token)."""
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[pad_id] * (width - len(row)) + list(row) for row in rows])
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+    return ids, mask
+
+
+def build_generation_inputs(
+    tokenizer: PreTrainedTokenizerBase, config: GLMConfig, texts: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """A left-padded batch of `[CLS] text [eos] [sop]` prompts that `model.generate(**inputs)` fills (first blank).
+
+    Part A (the prompt, pads included) is `prefix_length`; [sop] takes the first mask's position and block
+    position 1, so `generate()` continues that blank.
+    """
+    contexts = [encode_prompt(tokenizer, config, prompt_text(text, config)) for text in texts]
+    masks = set(mask_token_ids(config))
+    first_masks = [next(index for index, token in enumerate(ids) if token in masks) for ids in contexts]
+    input_ids, attention_mask = left_pad([[*ids, config.sop_token_id] for ids in contexts], config.pad_token_id)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids[:, -1] = torch.tensor(first_masks)
+    block_position_ids = torch.zeros_like(position_ids)
+    block_position_ids[:, -1] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "block_position_ids": block_position_ids,
+        "prefix_length": torch.full((len(texts),), input_ids.shape[1] - 1),
+    }
+
+
+def _first_span(tokens: list[int], end_ids: set[int]) -> list[int]:
+    """Generated tokens up to (not including) the first end token."""
+    for index, token in enumerate(tokens):
+        if token in end_ids:
+            return tokens[:index]
+    return tokens
+
+
+@torch.no_grad()
+def fill_blanks(
+    model: GLMForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: str | Sequence[str],
+    **generate_kwargs: Any,
+) -> list[InfillingResult]:
+    """Fill every blank of each text, left to right; greedy, sampling or beam search via `generate_kwargs`.
+
+    Texts of different lengths are batched (left padding). Returns one `InfillingResult` per text.
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        return []
+    if generate_kwargs.get("num_return_sequences", 1) != 1:
+        raise ValueError("fill_blanks returns one filling per text; num_return_sequences must be 1.")
+    generate_kwargs.setdefault("max_new_tokens", 32)
+    config = model.config
+    device = model.device
+    prompts = [prompt_text(text, config) for text in texts]
+    contexts = [encode_prompt(tokenizer, config, prompt) for prompt in prompts]
+    masks = set(mask_token_ids(config))
+    blanks = [[index for index, token in enumerate(ids) if token in masks] for ids in contexts]
+    for prompt, positions in zip(prompts, blanks, strict=True):
+        if len(positions) != len(MASK_TEXT.findall(prompt)):
+            raise ValueError(
+                f"The tokenizer turned the {len(MASK_TEXT.findall(prompt))} mask string(s) of {prompt!r} into "
+                f"{len(positions)} mask token(s); does it know [MASK]/[sMASK]/[gMASK] as special tokens?"
+            )
+    end_ids = {config.eop_token_id, config.eos_token_id} - {None}
+
+    input_ids, attention_mask = left_pad(contexts, config.pad_token_id)
+    context_length = input_ids.shape[1]
+    sequence = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+        "block_position_ids": torch.zeros_like(input_ids),
+    }
+    sequence = {name: tensor.to(device) for name, tensor in sequence.items()}
+    cache = model(**sequence, prefix_length=context_length, use_cache=True).past_key_values
+
+    spans: list[list[list[int]]] = [[] for _ in texts]
+    num_beams = generate_kwargs.get("num_beams", 1)
+    for blank in range(max(len(positions) for positions in blanks)):
+        active = [blank < len(positions) for positions in blanks]
+        mask_positions = torch.tensor(
+            [positions[blank] if blank < len(positions) else 0 for positions in blanks], device=device
+        )
+        sop = _part_b_columns([[config.sop_token_id]] * len(texts), mask_positions, config.pad_token_id)
+        generation_cache = cache
+        if num_beams > 1:  # beam search reorders and grows its cache: give it an expanded copy
+            generation_cache = copy.deepcopy(cache)
+            generation_cache.batch_repeat_interleave(num_beams)
+        output = model.generate(
+            **_append(sequence, sop),
+            prefix_length=context_length,
+            past_key_values=generation_cache,
+            use_cache=True,
+            **generate_kwargs,
+        )
+        if generation_cache is cache:  # drop what generate() appended; the chosen span is appended below
+            cache.crop(sequence["input_ids"].shape[1] - cache.get_seq_length())
+        new_tokens = output[:, sequence["input_ids"].shape[1] + 1 :].tolist()
+        chosen = [_first_span(tokens, end_ids) if active[row] else [] for row, tokens in enumerate(new_tokens)]
+        for row, tokens in enumerate(chosen):
+            if active[row]:
+                spans[row].append(tokens)
+        # [sop] + span of every text joins the cache and the sequence: later blanks see it.
+        part_b = _part_b_columns(
+            [[config.sop_token_id, *tokens] for tokens in chosen], mask_positions, config.pad_token_id
+        )
+        sequence = _append(sequence, part_b)
+        model(
+            **{name: tensor for name, tensor in part_b.items() if name != "attention_mask"},
+            attention_mask=sequence["attention_mask"],
+            prefix_length=context_length,
+            past_key_values=cache,
+            use_cache=True,
+        )
+
+    return [_fill_text(tokenizer, prompt, text_spans) for prompt, text_spans in zip(prompts, spans, strict=True)]
+
+
+def _fill_text(tokenizer: PreTrainedTokenizerBase, prompt: str, spans: list[list[int]]) -> InfillingResult:
+    """The prompt with its mask strings replaced, in order, by the decoded spans."""
+    decoded = [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in spans]
+    pieces = iter(decoded)
+    return InfillingResult(text=MASK_TEXT.sub(lambda _: next(pieces), prompt), spans=decoded)
+
+
+def _part_b_columns(rows: list[list[int]], mask_positions: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
+    """One Part B block per row: its tokens right-padded (padding masked out), at its mask's position, block
+    positions 1..n. Rows without this blank have no later blank either, so what they add is never read."""
+    device = mask_positions.device
+    width = max(len(row) for row in rows)
+    real = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
+    return {
+        "input_ids": torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device),
+        "attention_mask": real,
+        "position_ids": mask_positions[:, None].expand(-1, width),
+        "block_position_ids": torch.arange(1, width + 1, device=device).expand(len(rows), -1),
+    }
+
+
+def _append(sequence: dict[str, torch.Tensor], columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: torch.cat([tensor, columns[name]], dim=-1) for name, tensor in sequence.items()}

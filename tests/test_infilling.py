@@ -1,0 +1,149 @@
+"""Multi-blank infilling (`fill_blanks`, the pipeline, `glm-hf infill`) against a slow, cache-free reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import pipeline
+
+import glm_hf
+from glm_hf.cli import main
+from glm_hf.demo import build_demo_config, build_demo_tokenizer
+from glm_hf.infilling import build_generation_inputs, encode_prompt, fill_blanks
+
+TEXTS = [
+    "the king [MASK] the queen and the [MASK] of the castle .",
+    "a ghost [MASK] .",
+    "the old king of the dark castle was a good father to his son , and [MASK] .",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_demo_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    config = build_demo_config(tokenizer)
+    config.initializer_range = 0.5  # varied greedy choices
+    return glm_hf.GLMForConditionalGeneration(config).eval()
+
+
+@torch.no_grad()
+def reference_fill(model, tokenizer, text: str, max_new_tokens: int) -> list[list[int]]:
+    """The original `generate_samples.py` procedure, one token at a time, recomputing everything (no cache)."""
+    config = model.config
+    context = encode_prompt(tokenizer, config, text)
+    masks = {config.mask_token_id}
+    blanks = [index for index, token in enumerate(context) if token in masks]
+    ids, positions, blocks = list(context), list(range(len(context))), [0] * len(context)
+    spans = []
+    for mask_position in blanks:
+        ids, positions, blocks = ids + [config.sop_token_id], positions + [mask_position], blocks + [1]
+        span = []
+        for _ in range(max_new_tokens):
+            logits = model(
+                torch.tensor([ids]),
+                position_ids=torch.tensor([positions]),
+                block_position_ids=torch.tensor([blocks]),
+                prefix_length=len(context),
+            ).logits[0, -1]
+            token = int(logits.argmax())
+            if token in (config.eop_token_id, config.eos_token_id):
+                break
+            span.append(token)
+            ids, positions, blocks = ids + [token], positions + [mask_position], blocks + [blocks[-1] + 1]
+        spans.append(span)
+    return spans
+
+
+def test_every_blank_is_filled_like_the_cache_free_reference(model, tokenizer):
+    results = fill_blanks(model, tokenizer, TEXTS, max_new_tokens=6, do_sample=False)
+    for text, result in zip(TEXTS, results, strict=True):
+        expected = reference_fill(model, tokenizer, text, max_new_tokens=6)
+        assert [tokenizer.decode(span) for span in expected] == result.spans
+        assert len(result.spans) == text.count("[MASK]")
+        assert "[MASK]" not in result.text
+    filled = results[0]
+    assert filled.text == TEXTS[0].replace("[MASK]", filled.spans[0], 1).replace("[MASK]", filled.spans[1], 1)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])
+def test_batched_results_equal_one_by_one_results(model, tokenizer, num_beams):
+    batched = fill_blanks(model, tokenizer, TEXTS, max_new_tokens=5, num_beams=num_beams, do_sample=False)
+    single = [fill_blanks(model, tokenizer, text, max_new_tokens=5, num_beams=num_beams)[0] for text in TEXTS]
+    assert batched == single
+
+
+def test_sampling_is_reproducible_with_a_seed(model, tokenizer):
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        runs.append(fill_blanks(model, tokenizer, TEXTS, max_new_tokens=5, do_sample=True, top_k=20))
+    assert runs[0] == runs[1]
+    assert [len(result.spans) for result in runs[0]] == [2, 1, 1]
+
+
+def test_a_text_without_mask_gets_one_appended_with_a_warning(model, tokenizer):
+    with pytest.warns(UserWarning, match=r"appending ' \[MASK\]'"):
+        result = fill_blanks(model, tokenizer, "the old king", max_new_tokens=3)[0]
+    assert len(result.spans) == 1 and result.text.startswith("the old king ")
+
+
+def test_generation_inputs_put_sop_at_the_first_mask(tokenizer, model):
+    inputs = build_generation_inputs(tokenizer, model.config, TEXTS[:2])
+    config = model.config
+    assert inputs["input_ids"][:, -1].tolist() == [config.sop_token_id] * 2
+    assert inputs["block_position_ids"][:, -1].tolist() == [1, 1]
+    first = encode_prompt(tokenizer, config, TEXTS[0])
+    assert inputs["position_ids"][0, -1] == first.index(config.mask_token_id)
+    second = encode_prompt(tokenizer, config, TEXTS[1])
+    assert inputs["attention_mask"][1].tolist().count(0) == len(first) - len(second)
+    output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert output.shape == (2, inputs["input_ids"].shape[1] + 4)
+
+
+def test_bad_inputs_get_clear_errors(model, tokenizer):
+    with pytest.raises(ValueError, match="empty text"):
+        fill_blanks(model, tokenizer, "   ")
+    with pytest.raises(ValueError, match=r"no \[sMASK\]"):
+        fill_blanks(model, tokenizer, "the [sMASK] king")
+    with pytest.raises(ValueError, match=r"max_position_embeddings=129"):
+        fill_blanks(model, tokenizer, "the king " * 70 + "[MASK]")
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        fill_blanks(model, tokenizer, TEXTS[1], num_return_sequences=2)
+
+
+def test_text_infilling_pipeline_wraps_fill_blanks(model, tokenizer):
+    infill = pipeline("text-infilling", model=model, tokenizer=tokenizer)
+    output = infill(TEXTS[0], max_new_tokens=6)
+    expected = fill_blanks(model, tokenizer, TEXTS[0], max_new_tokens=6)[0]
+    assert output == {"filled_text": expected.text, "spans": expected.spans}
+
+
+def test_cli_infill_reads_jsonl_and_writes_jsonl(tmp_path, capsys):
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in TEXTS))
+    output = tmp_path / "filled.jsonl"
+    main(["infill", "--input", str(source), "--output", str(output), "--batch-size", "2", "--max-new-tokens", "3"])
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [record["text"] for record in records] == TEXTS
+    assert all("[MASK]" not in record["filled_text"] for record in records)
+    assert "wrote 3 filled texts" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["infill", "--input", str(source), "--output", str(output)])
+
+
+def test_cli_infill_prints_filled_texts_and_rejects_bad_files(tmp_path, capsys):
+    main(["infill", TEXTS[1], "--max-new-tokens", "2"])
+    assert capsys.readouterr().out.startswith("a ghost ")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine [MASK]"}\n{not json\n')
+    with pytest.raises(SystemExit, match=r"broken.jsonl:2: not valid JSON"):
+        main(["infill", "--input", str(broken)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["infill", "--input", str(tmp_path / "missing.txt")])
