@@ -10,6 +10,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
 )
 
+from .cloze import build_cloze_inputs, score_candidates
 from .infilling import InfillingResult, build_generation_inputs, fill_blanks
 from .modeling import (
     FAMILY_TOKEN_IDS,
@@ -21,6 +22,7 @@ from .modeling import (
     build_glm_attention_mask,
 )
 from .pipeline import TextInfillingPipeline, register_pipeline
+from .tokenization_glm import TOKENIZER_FAMILIES, GLMTokenizerFast, build_tokenizer, register_auto_classes
 
 __version__ = "0.1.0"
 
@@ -28,10 +30,16 @@ AutoConfig.register(GLMConfig.model_type, GLMConfig, exist_ok=True)
 AutoModel.register(GLMConfig, GLMModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(GLMConfig, GLMForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(GLMConfig, GLMForConditionalGeneration, exist_ok=True)
+register_auto_classes()
 register_pipeline()
 
 __all__ = [
     "FAMILY_TOKEN_IDS",
+    "TOKENIZER_FAMILIES",
+    "GLMTokenizerFast",
+    "build_tokenizer",
+    "build_cloze_inputs",
+    "score_candidates",
     "InfillingResult",
     "TextInfillingPipeline",
     "build_generation_inputs",
