@@ -231,14 +231,22 @@ def test_replicated_tensors_that_differ_between_shards(tmp_path):
 def test_a_file_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "source").mkdir()
     (tmp_path / "source" / "mp_rank_00_model_states.pt").write_text("not a checkpoint")
-    assert_fails_cleanly(tmp_path / "source", tmp_path / "out", "not a PyTorch checkpoint")
+    assert_fails_cleanly(tmp_path / "source", tmp_path / "out", "not a readable PyTorch checkpoint")
 
 
 def test_a_truncated_file(tmp_path):
     source = copy_checkpoint("flat", tmp_path / "flat")
     path = source / "mp_rank_00_model_states.pt"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert_fails_cleanly(source, tmp_path / "out", "truncated or corrupt")
+    assert_fails_cleanly(source, tmp_path / "out", "not a readable PyTorch checkpoint.*truncated, corrupt")
+
+
+def test_a_legacy_format_file_converts_too(tmp_path, reference):
+    (tmp_path / "legacy").mkdir()
+    contents = torch.load(CHECKPOINTS / "flat" / "mp_rank_00_model_states.pt", weights_only=False)
+    torch.save(contents, tmp_path / "legacy" / "model.pt", _use_new_zipfile_serialization=False)
+    convert(tmp_path / "legacy" / "model.pt", tmp_path / "out", dtype="float32")
+    torch.testing.assert_close(logits_of(tmp_path / "out", reference), reference["logits"], atol=ATOL, rtol=0)
 
 
 def test_a_checkpoint_without_glm_weights(tmp_path):

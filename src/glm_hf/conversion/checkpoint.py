@@ -8,6 +8,7 @@ anything else is refused with an error naming the global and `--trust-remote-pic
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
@@ -102,22 +103,21 @@ def _rank_ordered_shards(folder: Path) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_checkpoint_file(path: Path, trust_remote_pickle: bool = False) -> Mapping[str, Any]:
-    """`torch.load` one file memory-mapped, on the CPU, allowing only the globals GLM checkpoints need."""
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint written by torch.save (not a zip archive; truncated or corrupt?)."
-        )
+    """`torch.load` one file on the CPU, allowing only the globals GLM checkpoints need.
+
+    Zip-format files (every torch.save since 1.6) are memory-mapped, so tensors are read only when used; the
+    legacy format is read whole.
+    """
+    mmap = zipfile.is_zipfile(path)
     try:
         if trust_remote_pickle:
-            return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as error:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if refused:
@@ -126,11 +126,16 @@ def load_checkpoint_file(path: Path, trust_remote_pickle: bool = False) -> Mappi
                 "which could run arbitrary code when loaded. If you trust the file, pass --trust-remote-pickle "
                 "(trust_remote_pickle=True) to unpickle it anyway."
             ) from None
-        raise CheckpointError(f"{path} could not be unpickled ({error}); is it truncated or corrupt?") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
-        raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint ({error}); truncated or corrupt?"
-        ) from None
+        raise _unreadable(path, error) from None
+    except Exception as error:  # torch raises many types for a damaged file: all mean the same to the user
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error}); "
+        "is it truncated, corrupt, or not a checkpoint?"
+    )
 
 
 def model_state_dict(loaded: Mapping[str, Any], path: Path) -> Mapping[str, torch.Tensor]:
