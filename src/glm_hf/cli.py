@@ -30,8 +30,25 @@ def _convert(args: argparse.Namespace) -> None:
         verify=args.verify,
         trust_remote_pickle=args.trust_remote_pickle,
         command="glm-hf " + " ".join(shlex.quote(arg) for arg in args.argv),
+        remote_code=args.remote_code,
     )
     print(report.summary())
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_folder
+
+    info = push_folder(
+        args.folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message
+    )
+    print(f"committed: {getattr(info, 'commit_url', info)}")
+
+
+def _export_remote_code(args: argparse.Namespace) -> None:
+    from .hub import export_remote_code
+
+    for name in export_remote_code(args.folder):
+        print(f"wrote {args.folder / name}")
 
 
 def _export_original(args: argparse.Namespace) -> None:
@@ -70,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--trust-remote-pickle", action="store_true", help="unpickle globals beyond those GLM checkpoints need"
     )
+    convert.add_argument(
+        "--remote-code",
+        action="store_true",
+        help="also write the model/tokenizer code (auto_map) for trust_remote_code",
+    )
     convert.set_defaults(run=_convert)
 
     infill = jobs.add_parser("infill", help="fill every [MASK]/[sMASK]/[gMASK] of texts, or of a .txt/.jsonl file")
@@ -94,6 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--mp", type=int, default=1, help="model-parallel ranks to split into")
     export.add_argument("--overwrite", action="store_true")
     export.set_defaults(run=_export_original)
+
+    push = jobs.add_parser(
+        "push", help="upload a converted folder (safetensors only) to a Hugging Face Hub repository"
+    )
+    push.add_argument("folder", type=Path)
+    push.add_argument("repo_id", help="namespace/name of the model repository (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", default=None, help="branch to commit to (created if needed; default main)")
+    push.add_argument("--commit-message", default=None)
+    push.set_defaults(run=_push)
+
+    remote = jobs.add_parser(
+        "export-remote-code", help="write the model/tokenizer code into a converted folder (auto_map) for the Hub"
+    )
+    remote.add_argument("folder", type=Path)
+    remote.set_defaults(run=_export_remote_code)
     return parser
 
 

@@ -210,8 +210,12 @@ def convert_checkpoint(
     trust_remote_pickle: bool = False,
     show_progress: bool = True,
     command: str | None = None,
+    remote_code: bool = False,
 ) -> ConversionReport:
-    """Convert an original GLM checkpoint into a safetensors model folder at `output` (atomically)."""
+    """Convert an original GLM checkpoint into a safetensors model folder at `output` (atomically).
+
+    With `remote_code`, the folder also gets the model and tokenizer code as Hub remote code (`auto_map`), so that
+    `from_pretrained(output, trust_remote_code=True)` works without glm_hf (see `glm_hf.hub.export_remote_code`)."""
     output = Path(output)
     if output.exists() and not overwrite:  # checked again when writing; fail before the slow part
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it.")
@@ -233,6 +237,10 @@ def convert_checkpoint(
         files += ["config.json", "generation_config.json"]
         if vocab_dir is not None:
             files += _write_tokenizer(staging, family, Path(vocab_dir))
+        if remote_code:
+            from ..hub import export_remote_code
+
+            files = list(dict.fromkeys([*files, *export_remote_code(staging)]))
         total = sum(file.stat().st_size for file in loaded.source.files)
         with tqdm(total=total, desc="Hashing source", unit="B", unit_scale=True, disable=not show_progress) as bar:
             hashes = {str(file.relative_to(loaded.source.root)): sha256_of(file, bar) for file in loaded.source.files}
@@ -248,9 +256,9 @@ def convert_checkpoint(
             left_out=loaded.left_out,
             source_sha256=hashes,
         )
-        (staging / "README.md").write_text(model_card(report, command))
         if verify:
             report.verify_summary = verify_conversion(staging, loaded, torch_dtype)
+        (staging / "README.md").write_text(model_card(report, command, remote_code=remote_code), encoding="utf-8")
     return report
 
 
@@ -289,34 +297,148 @@ def verify_conversion(folder: Path, loaded: _LoadedSource, dtype: torch.dtype) -
     )
 
 
-def model_card(report: ConversionReport, command: str | None) -> str:
-    """A short README naming the source, its sha256 and how the folder was made."""
-    hashes = "\n".join(f"- `{name}`: sha256 `{digest}`" for name, digest in report.source_sha256.items())
+# THUDM's Hub repositories of the released models, by (layers, hidden, vocabulary).
+THUDM_HUB_REPOS = {
+    (24, 1024, 30592): "THUDM/glm-large",
+    (24, 1024, 50304): "THUDM/glm-roberta-large",
+    (24, 1024, 50048): "THUDM/glm-large-chinese",
+    (36, 2048, 50304): "THUDM/glm-2b",
+    (48, 4096, 50304): "THUDM/glm-10b",
+    (48, 4096, 50048): "THUDM/glm-10b-chinese",
+}
+MODEL_CARD_LICENSE = "other"  # code: MIT (THUDM/GLM); weights: THUDM's terms, not restated here
+MODEL_CARD_PIPELINE_TAG = "text-generation"  # the Hub has no blank-infilling task; spans are generated
+
+
+def model_card(
+    report: ConversionReport, command: str | None, remote_code: bool = False, license: str = MODEL_CARD_LICENSE
+) -> str:
+    """The folder's README.md, a `huggingface_hub.ModelCard`: metadata (license, language, tags, library, pipeline
+    tag, base model), the source files and their sha256, the conversion command, the `--verify` result and usage
+    snippets (loading, infilling, fine-tuning with `Trainer`)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = report.config
+    family = report.tokenizer_family
+    language = None if family is None else ("zh" if family.startswith("chinese") else "en")
+    shape = (config.num_hidden_layers, config.hidden_size, config.vocab_size)
+    base_model = THUDM_HUB_REPOS.get(shape)
+    data = ModelCardData(
+        license=license,
+        license_name="glm-original-weights" if license == "other" else None,
+        language=language,
+        tags=["glm", "glm_blocklm", "blank-infilling", "glm-hf"] + (["custom_code"] if remote_code else []),
+        library_name="transformers",
+        pipeline_tag=MODEL_CARD_PIPELINE_TAG,
+        base_model=base_model,
+    )
+    dtype = str(report.dtype).removeprefix("torch.")
+    hashes = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in report.source_sha256.items())
     left_out = ", ".join(f"`{key}`" for key in report.left_out) or "nothing"
-    return f"""---
-library_name: transformers
-tags:
-- glm
-- glm_blocklm
-- blank-infilling
+    verify = (
+        f"`--verify`: {report.verify_summary}."
+        if report.verify_summary
+        else "Not verified at conversion time (run `glm-hf convert ... --verify` for the bitwise tensor comparison)."
+    )
+    load_kwargs = ", trust_remote_code=True" if remote_code else ""
+    import_line = "" if remote_code else "import glm_hf  # pip install glm-hf: registers model_type glm_blocklm\n"
+    loading = (
+        "This folder carries its model and tokenizer code (`auto_map`), so it loads without `glm_hf` with "
+        "`trust_remote_code=True`; with `glm_hf` installed it loads without remote code too."
+        if remote_code
+        else "Loading needs the `glm_hf` package (`import glm_hf` registers the model with the Auto classes)."
+    )
+    license_note = (
+        "The original GLM code (THUDM/GLM) is MIT-licensed; the weights are THUDM's and come under the terms THUDM "
+        "released them with: check those before redistributing or using them commercially."
+        if license == "other"
+        else f"License: {license}."
+    )
+    tokenizer_note = (
+        f"Tokenizer family: `{family}`." if family else "Tokenizer family unknown (convert with `--tokenizer`)."
+    )
+    content = f"""---
+{data.to_yaml()}
 ---
 
-# GLM ({report.config.num_hidden_layers} layers, hidden {report.config.hidden_size}) converted with glm-hf
+# GLM ({config.num_hidden_layers} layers, hidden {config.hidden_size}) converted with glm-hf
 
-Converted from the original THUDM/GLM checkpoint `{report.source}` ({report.layout} layout,
-{report.num_shards} model-parallel shard(s)) to safetensors ({str(report.dtype).removeprefix("torch.")}).
+The original [THUDM/GLM](https://github.com/THUDM/GLM) model (autoregressive blank infilling, Du et al. 2021) as a
+transformers model in safetensors ({dtype}), converted by glm-hf from the original
+checkpoint{f" (the weights of [{base_model}](https://huggingface.co/{base_model}))" if base_model else ""}.
 
-Source files:
+{config.num_hidden_layers} layers, hidden size {config.hidden_size}, {config.num_attention_heads} heads, vocabulary \
+{config.vocab_size}, {config.max_position_embeddings} position rows. {tokenizer_note}
+
+## Source and conversion
+
+Converted from `{report.source}` ({report.layout} layout, {report.num_shards} model-parallel shard(s)):
+
+| file | sha256 |
+|---|---|
 {hashes}
 
 Left out of the conversion (not part of the GLM backbone): {left_out}.
 
-Made with: `{command or "glm_hf.conversion.convert_checkpoint"}`
+Command: `{command or "glm_hf.conversion.convert_checkpoint"}`
+
+Parity: {verify}
+
+## Usage
+
+{loading}
 
 ```python
-import glm_hf  # registers model_type "glm_blocklm"
-from transformers import AutoModelForSeq2SeqLM
+{import_line}from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-model = AutoModelForSeq2SeqLM.from_pretrained("path/to/this/folder")
+model = AutoModelForSeq2SeqLM.from_pretrained("REPO_OR_FOLDER"{load_kwargs})
+tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER"{load_kwargs})
 ```
+
+### Filling blanks
+
+```python
+import glm_hf
+
+results = glm_hf.fill_blanks(model, tokenizer, ["Tsinghua University is located in [MASK] ."], max_new_tokens=16)
+print(results[0].text, results[0].spans)
+```
+
+Without `glm_hf`, `tokenizer.build_inputs_for_generation(texts, model.config)` gives the inputs of
+`model.generate(**inputs, max_new_tokens=16)` for the first blank of each text.
+
+### Fine-tuning with `Trainer`
+
+Labels are aligned with the inputs (not shifted): the model reads `[CLS] text [eos] [sop] answer` and learns
+`answer [eop]` from the `[sop]` position on.
+
+```python
+import torch
+from transformers import Trainer, TrainingArguments
+
+
+def example(text, answer):
+    prompt = tokenizer.build_inputs_for_generation([text], model.config)  # [CLS] text [eos] [sop]
+    target = tokenizer.encode(answer, add_special_tokens=False) + [model.config.eop_token_id]
+    n, extra = prompt["input_ids"].shape[1], len(target) - 1
+    return {{
+        "input_ids": torch.cat([prompt["input_ids"][0], torch.tensor(target[:-1], dtype=torch.long)]),
+        "attention_mask": torch.ones(n + extra, dtype=torch.long),
+        "position_ids": torch.cat([prompt["position_ids"][0], prompt["position_ids"][0, -1:].repeat(extra)]),
+        "block_position_ids": torch.cat([prompt["block_position_ids"][0], torch.arange(2, 2 + extra)]),
+        "prefix_length": torch.tensor(n - 1),
+        "labels": torch.tensor([-100] * (n - 1) + target),
+    }}
+
+
+train = [example("The capital of France is [MASK] .", "Paris")]
+args = TrainingArguments("glm-finetuned", per_device_train_batch_size=1, num_train_epochs=1, report_to=[])
+Trainer(model=model, args=args, train_dataset=train).train()
+model.save_pretrained("glm-finetuned")
+```
+
+## License
+
+{license_note}
 """
+    return str(ModelCard(content))

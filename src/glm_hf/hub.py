@@ -1,0 +1,378 @@
+"""Converted folders on the Hugging Face Hub: checking, uploading, and exporting the model code as remote code.
+
+* `check_converted_folder` refuses what is not a converted GLM folder (no config, another model type, a shard named
+  by the index that is missing, pickled weights) before anything is uploaded.
+* `upload_operations` / `push_folder`: the `huggingface_hub` commit of a folder (`HfApi.create_repo` +
+  `HfApi.create_commit`), safetensors only; `api` can be any object with those methods, so the commit can be
+  inspected without a network.
+* `export_remote_code` writes `configuration_glm.py`, `modeling_glm.py`, `tokenization_glm.py` (and the two modules
+  the tokenizer's builder methods import) into a folder, generated from this package's own modules with their
+  package-relative imports rewritten to the flat layout, plus `auto_map` in `config.json` /
+  `tokenizer_config.json`, so that `from_pretrained(..., trust_remote_code=True)` works without `glm_hf`.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd
+
+MODEL_TYPE = "glm_blocklm"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Left out of an upload: version-control/cache folders, editor and staging leftovers.
+SKIPPED_NAMES = ("__pycache__",)
+SKIPPED_SUFFIXES = (".pyc", ".partial", ".tmp", ".lock", ".incomplete", "~")
+
+# The flat remote-code files and the package modules they are generated from.
+REMOTE_CODE_MODULES: dict[str, str] = {
+    "configuration_glm": "glm_hf.modeling.configuration_glm",
+    "modeling_glm": "glm_hf.modeling.modeling_glm",
+    "tokenization_glm": "glm_hf.tokenization_glm",
+    "infilling_glm": "glm_hf.infilling",
+    "cloze_glm": "glm_hf.cloze",
+}
+# What the generated files may import besides the standard library and each other.
+REMOTE_CODE_DEPENDENCIES = frozenset({"torch", "transformers", "tokenizers", "huggingface_hub"})
+# Packages that only a builder method needs (reading the original vocabulary files): their imports are wrapped in
+# try/except in the generated files, which transformers' remote-code import check skips.
+OPTIONAL_REMOTE_CODE_DEPENDENCIES = frozenset({"sentencepiece"})
+CONFIG_AUTO_MAP = {
+    "AutoConfig": "configuration_glm.GLMConfig",
+    "AutoModel": "modeling_glm.GLMModel",
+    "AutoModelForSeq2SeqLM": "modeling_glm.GLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_glm.GLMForConditionalGeneration",
+}
+TOKENIZER_AUTO_MAP = {"AutoTokenizer": [None, "tokenization_glm.GLMTokenizerFast"]}
+
+
+class NotAConvertedFolder(ValueError):
+    """The folder is not a converted GLM model folder; the message says why."""
+
+
+# --- checking and uploading ------------------------------------------------------------------------------------
+
+
+def check_converted_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Refuse (`NotAConvertedFolder`, with the reason) a folder that is not a converted GLM; return its config.
+
+    A converted folder has a `config.json` of model type "glm_blocklm", its safetensors weights (every shard the
+    index names, or `model.safetensors`), no pickled weights, and every remote-code file its `auto_map` names.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotAConvertedFolder(f"{folder} is not a folder.")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise NotAConvertedFolder(f"{folder} has no config.json: not a converted GLM folder (run `glm-hf convert`).")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise NotAConvertedFolder(f"{config_path} is not valid JSON: {error}.") from None
+    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise NotAConvertedFolder(
+            f"{config_path} has model_type {found!r}, not {MODEL_TYPE!r}: not a converted GLM folder."
+        )
+    pickles = [str(path.relative_to(folder)) for path in _files(folder) if _is_pickle(path)]
+    if pickles:
+        raise NotAConvertedFolder(
+            f"{folder} holds pickled files ({', '.join(pickles)}); only safetensors are uploaded: remove them first."
+        )
+    index_path = folder / INDEX_FILE
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise NotAConvertedFolder(f"{index_path} is not a safetensors index: {error!r}.") from None
+        shards = list(dict.fromkeys(weight_map.values()))
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise NotAConvertedFolder(f"{folder} lacks shard(s) named by {INDEX_FILE}: {', '.join(missing)}.")
+    elif not (folder / SINGLE_FILE).is_file():
+        raise NotAConvertedFolder(f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}: no weights to upload.")
+    else:
+        shards = [SINGLE_FILE]
+    for name in shards:
+        _check_safetensors_header(folder / name)
+    code_files = {f"{ref.split('.')[0]}.py" for ref in _auto_map_references(config.get("auto_map"))}
+    missing_code = sorted(name for name in code_files if not (folder / name).is_file())
+    if missing_code:
+        raise NotAConvertedFolder(
+            f"config.json's auto_map names {', '.join(missing_code)}, missing from {folder} "
+            "(run `glm-hf export-remote-code FOLDER`)."
+        )
+    return config
+
+
+def _auto_map_references(auto_map: Any) -> list[str]:
+    if not isinstance(auto_map, dict):
+        return []
+    references = []
+    for value in auto_map.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and "--" not in item:  # "repo--module.Class" points at another repository
+                references.append(item)
+    return references
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """A safetensors file starts with an 8-byte little-endian header length and a JSON header."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= path.stat().st_size - 8:
+            raise NotAConvertedFolder(f"{path} is not a safetensors file (bad header length).")
+        try:
+            json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise NotAConvertedFolder(f"{path} is not a safetensors file (unreadable header).") from None
+
+
+def _skipped(relative: Path) -> bool:
+    """Hidden (`.git`, `.cache`), cache and staging files: never part of an upload."""
+    return any(
+        part.startswith(".") or part in SKIPPED_NAMES or part.endswith(SKIPPED_SUFFIXES) for part in relative.parts
+    )
+
+
+def _is_pickle(path: Path) -> bool:
+    return path.name.lower().endswith(PICKLE_SUFFIXES)
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every regular file under `folder`, sorted, without hidden, cache and staging files (pickles included)."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        base = Path(root)
+        dirs[:] = sorted(name for name in dirs if not _skipped((base / name).relative_to(folder)))
+        found += [base / name for name in names if (base / name).is_file()]
+    return sorted(path for path in found if not _skipped(path.relative_to(folder)))
+
+
+def upload_operations(folder: str | os.PathLike[str]) -> list[CommitOperationAdd]:
+    """The `CommitOperationAdd`s of a commit of `folder`: every file (relative POSIX paths) except pickles and hidden,
+    cache or staging files. Each operation hashes its file (its `upload_info` holds the size and sha256)."""
+    folder = Path(folder)
+    return [
+        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+        for path in _files(folder)
+        if not _is_pickle(path)
+    ]
+
+
+def push_folder(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    api: Any = None,
+    token: str | bool | None = None,
+    show_progress: bool = True,
+) -> Any:
+    """Upload a converted folder to the Hub model repository `repo_id` in one commit; returns the `CommitInfo`.
+
+    The folder is checked first (`check_converted_folder`); the repository is created if needed
+    (`exist_ok=True`, `private` applies to a new one) and so is the branch `revision`. `api` defaults to
+    `huggingface_hub.HfApi()`; the login is `hf auth login` or `HF_TOKEN`, or pass `token`.
+    """
+    folder = Path(folder)
+    check_converted_folder(folder)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    operations = upload_operations(folder)
+    if show_progress:
+        total = sum(operation.upload_info.size for operation in operations)
+        print(f"Uploading {len(operations)} files ({_human(total)}) from {folder} to {repo_id}@{revision or 'main'}:")
+        for operation in operations:
+            print(f"  {operation.path_in_repo} ({_human(operation.upload_info.size)})")
+    created = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model", token=token)
+    repo_id = getattr(created, "repo_id", None) or repo_id
+    if revision is not None and not revision.startswith("refs/pr/"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model", token=token)
+    return api.create_commit(
+        repo_id,
+        operations=operations,
+        commit_message=commit_message or f"Upload GLM converted with glm-hf ({folder.name})",
+        revision=revision,
+        repo_type="model",
+        token=token,
+    )
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+# --- remote code -----------------------------------------------------------------------------------------------
+
+
+def remote_code_sources() -> dict[str, str]:
+    """`{file name: source}` of the flat remote-code files, generated from the package modules."""
+    flat_of = {module: flat for flat, module in REMOTE_CODE_MODULES.items()}
+    version = importlib.import_module("glm_hf").__version__
+    sources = {}
+    for flat, module_name in REMOTE_CODE_MODULES.items():
+        module = importlib.import_module(module_name)
+        source = _flatten_imports(inspect.getsource(module), module_name, flat_of)
+        header = (
+            f"# Generated by glm-hf {version} from {module_name} (`glm-hf export-remote-code`); "
+            "edit the glm_hf package, not this copy.\n"
+        )
+        sources[f"{flat}.py"] = header + source
+    for name, source in sources.items():
+        outside = remote_code_imports(source) - REMOTE_CODE_DEPENDENCIES - set(sys.stdlib_module_names)
+        if outside:
+            raise RuntimeError(f"The remote-code file {name} would import {', '.join(sorted(outside))}.")
+    return sources
+
+
+def remote_code_imports(source: str) -> set[str]:
+    """The top-level packages a source needs, as transformers' `check_imports` sees them (imports inside `try`
+    blocks are optional); a relative import that does not name a flat remote-code file is listed as it is written."""
+    packages: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.Try):
+            return
+        if isinstance(node, ast.Import):
+            packages.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                packages.add((node.module or "").split(".")[0])
+            elif node.level > 1 or (node.module or "") not in REMOTE_CODE_MODULES:
+                packages.add("." * node.level + (node.module or ""))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return packages
+
+
+def _flatten_imports(source: str, module_name: str, flat_of: dict[str, str]) -> str:
+    """Rewrite the package-relative imports of `module_name` into imports between the flat files."""
+    lines = source.split("\n")
+    package = module_name.rsplit(".", 1)[0]
+    replacements = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = package.split(".")
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            replacements.append((node, _flat_import(node, target, module_name, flat_of)))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            packages = {name.split(".")[0] for name in names}
+            if "glm_hf" in packages:
+                raise RuntimeError(f"{module_name} imports glm_hf absolutely (line {node.lineno}): cannot export it.")
+            if packages & OPTIONAL_REMOTE_CODE_DEPENDENCIES:
+                if node.col_offset == 0:
+                    raise RuntimeError(f"{module_name} imports {', '.join(packages)} at module level.")
+                statement = ast.get_source_segment(source, node)
+                wrapped = [
+                    "try:",
+                    f"    {statement}",
+                    "except ImportError as error:",
+                    f"    raise ImportError({'This needs ' + ', '.join(sorted(packages)) + ' (pip install it).'!r}) "
+                    "from error",
+                ]
+                replacements.append((node, wrapped))
+    for node, statements in sorted(replacements, key=lambda item: item[0].lineno, reverse=True):
+        first = lines[node.lineno - 1]
+        indent = first[: len(first) - len(first.lstrip())]
+        lines[node.lineno - 1 : node.end_lineno] = [indent + statement for statement in statements]
+    return "\n".join(lines)
+
+
+def _flat_import(node: ast.ImportFrom, target: str, module_name: str, flat_of: dict[str, str]) -> list[str]:
+    if target in flat_of:
+        return [f"from .{flat_of[target]} import {_aliases(node.names)}"]
+    # `from .package import Name`: import each name from the exported module that defines it.
+    package = importlib.import_module(target)
+    grouped: dict[str, list[ast.alias]] = {}
+    for alias in node.names:
+        value = getattr(package, alias.name)
+        home = next(
+            (
+                exported
+                for exported in flat_of
+                if getattr(sys.modules.get(exported) or importlib.import_module(exported), alias.name, None) is value
+                and (getattr(value, "__module__", exported) == exported or not hasattr(value, "__module__"))
+            ),
+            None,
+        )
+        if home is None:
+            raise RuntimeError(f"{module_name} imports {alias.name} from {target}, which no remote-code file defines.")
+        grouped.setdefault(flat_of[home], []).append(alias)
+    return [f"from .{flat} import {_aliases(aliases)}" for flat, aliases in grouped.items()]
+
+
+def _aliases(names: Sequence[ast.alias]) -> str:
+    return ", ".join(alias.name if alias.asname is None else f"{alias.name} as {alias.asname}" for alias in names)
+
+
+def export_remote_code(folder: str | os.PathLike[str]) -> list[str]:
+    """Write the remote-code files into a converted `folder` and point `auto_map` at them; returns the files written.
+
+    `config.json` gets `auto_map` for AutoConfig, AutoModel, AutoModelForSeq2SeqLM and AutoModelForCausalLM;
+    `tokenizer_config.json`, when the folder has one, for AutoTokenizer.
+    """
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise NotAConvertedFolder(f"{folder} has no config.json: not a converted GLM folder.")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("model_type") != MODEL_TYPE:
+        raise NotAConvertedFolder(f"{config_path} has model_type {config.get('model_type')!r}, not {MODEL_TYPE!r}.")
+    written = []
+    for name, source in remote_code_sources().items():
+        _write_text(folder / name, source)
+        written.append(name)
+    config["auto_map"] = dict(CONFIG_AUTO_MAP)
+    _write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    written.append("config.json")
+    tokenizer_config_path = folder / "tokenizer_config.json"
+    if tokenizer_config_path.is_file():
+        tokenizer_config = json.loads(tokenizer_config_path.read_text(encoding="utf-8"))
+        tokenizer_config["auto_map"] = dict(TOKENIZER_AUTO_MAP)
+        _write_text(tokenizer_config_path, json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
+        written.append("tokenizer_config.json")
+    return written
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all (a temporary file renamed over it)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+__all__ = [
+    "CONFIG_AUTO_MAP",
+    "NotAConvertedFolder",
+    "REMOTE_CODE_MODULES",
+    "TOKENIZER_AUTO_MAP",
+    "check_converted_folder",
+    "export_remote_code",
+    "push_folder",
+    "remote_code_imports",
+    "remote_code_sources",
+    "upload_operations",
+]
