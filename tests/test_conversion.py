@@ -287,3 +287,36 @@ def test_a_failed_overwrite_keeps_the_existing_output(tmp_path):
 def test_cli_reports_errors_without_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match="glm-hf convert: error: .*does not exist"):
         main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out")])
+
+
+def test_output_folder_is_readable_like_any_new_folder(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        convert(CHECKPOINTS / "released", tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
+def test_overwrite_works_after_an_interrupted_one_left_a_retired_folder(tmp_path):
+    output = tmp_path / "out"
+    convert(CHECKPOINTS / "released", output)
+    (tmp_path / ".out.replaced").mkdir()  # what an older interrupted overwrite could leave
+    convert(CHECKPOINTS / "released", output, overwrite=True)
+    assert (output / "model.safetensors").is_file()
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.replaced-")]
+
+
+def test_shard_sizes_read_like_transformers_max_shard_size():
+    from glm_hf.conversion.safetensors_writer import parse_size
+
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size("8Gb") == 10**9
+    with pytest.raises(ValueError, match="write it like 5GB"):
+        parse_size("five gigs")
+
+
+def test_split_refuses_a_fused_qkv_that_is_not_three_blocks():
+    from glm_hf.conversion.merge import split_partitions
+
+    with pytest.raises(ValueError, match="multiple of 3"):
+        split_partitions("transformer.layers.0.attention.query_key_value.weight", torch.zeros(7, 2), 2)

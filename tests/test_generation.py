@@ -448,3 +448,49 @@ def test_generation_continues_past_the_position_rows_while_positions_fit() -> No
     too_far[0, -1] = 65
     with pytest.raises(ValueError, match="max_position_embeddings=65"):
         model(input_ids, position_ids=position_ids, block_position_ids=too_far, prefix_length=n)
+
+
+def test_left_padded_batch_without_position_ids_counts_positions_from_the_first_token() -> None:
+    """With only an attention_mask, as HF users pass it, positions skip the pads (forward and generate)."""
+    model = make_model()
+    short = torch.tensor([[CLS, 20, 21, MASK, EOS]])
+    long = torch.tensor([[CLS, 30, 31, 32, 33, MASK, 34, EOS]])
+    batch = torch.cat([torch.nn.functional.pad(short, (3, 0), value=PAD), long])
+    attention_mask = (torch.arange(8) >= torch.tensor([[3], [0]])).long()
+    settings = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    together = model.generate(batch, attention_mask=attention_mask, **settings)
+    alone = model.generate(short, **settings)
+    assert together[0, 8:].tolist() == alone[0, 5:].tolist()
+    with torch.no_grad():
+        padded_logits = model(batch, attention_mask=attention_mask).logits[0, 3:]
+        torch.testing.assert_close(padded_logits, model(short).logits[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_static_cache_generates_like_the_dynamic_cache(num_beams: int) -> None:
+    model = make_model()
+    input_ids, position_ids, block_position_ids, n = default_prompt()
+    settings = dict(position_ids=position_ids, block_position_ids=block_position_ids, prefix_length=n)
+    settings.update(max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=num_beams)
+    dynamic = model.generate(input_ids, **settings)
+    static = model.generate(input_ids, cache_implementation="static", **settings)
+    assert static.tolist() == dynamic.tolist()
+
+
+def test_generation_from_inputs_embeds_equals_generation_from_ids() -> None:
+    model = make_model()
+    input_ids, position_ids, block_position_ids, n = default_prompt()
+    settings = dict(position_ids=position_ids, block_position_ids=block_position_ids, prefix_length=n)
+    settings.update(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    from_ids = model.generate(input_ids, **settings)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(input_ids), **settings)
+    assert from_embeds.tolist() == from_ids[:, input_ids.shape[1] :].tolist()
+
+
+def test_zero_dim_prefix_length_works_with_beam_search() -> None:
+    model = make_model()
+    input_ids, position_ids, block_position_ids, n = default_prompt()
+    settings = dict(position_ids=position_ids, block_position_ids=block_position_ids, max_new_tokens=4)
+    as_int = model.generate(input_ids, prefix_length=n, num_beams=3, **settings)
+    as_tensor = model.generate(input_ids, prefix_length=torch.tensor(n), num_beams=3, **settings)
+    assert as_tensor.tolist() == as_int.tolist()

@@ -116,6 +116,14 @@ def test_bad_inputs_get_clear_errors(model, tokenizer):
         fill_blanks(model, tokenizer, "the king " * 70 + "[MASK]")
     with pytest.raises(ValueError, match="num_return_sequences"):
         fill_blanks(model, tokenizer, TEXTS[1], num_return_sequences=2)
+    with pytest.raises(ValueError, match="attention_mask, use_cache"):
+        fill_blanks(model, tokenizer, TEXTS[1], use_cache=False, attention_mask=None)
+
+
+def test_max_length_is_respected_when_given_instead_of_max_new_tokens(model, tokenizer):
+    prompt_length = len(encode_prompt(tokenizer, model.config, TEXTS[1])) + 1  # + [sop]
+    result = fill_blanks(model, tokenizer, TEXTS[1], max_length=prompt_length + 2, min_length=prompt_length + 2)
+    assert len(tokenizer.encode(result[0].spans[0], add_special_tokens=False)) == 2
 
 
 def test_text_infilling_pipeline_wraps_fill_blanks(model, tokenizer):

@@ -59,11 +59,6 @@ def known_difference(family: str, text: str) -> str | None:
             "the original appends no mask when 'MASK]' is anywhere in the text (so it has no blank to fill); "
             "glm-hf appends one unless a real [MASK]/[sMASK]/[gMASK] is there"
         )
-    if family.startswith("chinese") and text.rstrip().endswith("[gMASK]") and not text.endswith("[gMASK]"):
-        return (
-            "the original appends [eos] unless the raw TEXT ends with '[gMASK]'; glm-hf checks the last id, and "
-            "SentencePiece drops the trailing whitespace, so glm-hf leaves [eos] out"
-        )
     return None
 
 

@@ -260,3 +260,31 @@ def test_output_projections_use_the_scaled_init():
     assert abs(block.attention.dense.weight.std().item() - scaled) < 0.001
     assert abs(block.mlp.dense_4h_to_h.weight.std().item() - scaled) < 0.001
     assert block.attention.dense.bias.abs().max() == 0
+
+
+def test_a_float_mask_in_the_original_one_zero_convention_is_refused():
+    model = tiny_model()
+    ones_and_zeros = torch.tril(torch.ones(1, 1, 5, 5))
+    with pytest.raises(ValueError, match="additive"):
+        model(torch.randint(7, 96, (1, 5)), attention_mask=ones_and_zeros)
+    with torch.no_grad():
+        as_bool = model(torch.randint(7, 96, (1, 5)), attention_mask=ones_and_zeros > 0).logits
+    assert torch.isfinite(as_bool).all()
+
+
+def test_chunked_prefill_on_a_static_cache_equals_the_dynamic_cache():
+    """Part A split over two calls: the static cache's still-empty columns must stay hidden, as with DynamicCache."""
+    from transformers import DynamicCache, StaticCache
+
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1)
+    results = []
+    for cache in (DynamicCache(config=model.config), StaticCache(config=model.config, max_cache_len=20)):
+        pieces = []
+        with torch.no_grad():
+            for start, end in ((0, 5), (5, 13)):
+                chunk = {key: inputs[key][:, start:end] for key in ("input_ids", "position_ids", "block_position_ids")}
+                output = model(**chunk, prefix_length=inputs["prefix_length"], past_key_values=cache, use_cache=True)
+                pieces.append(output.logits)
+        results.append(torch.cat(pieces, dim=1))
+    torch.testing.assert_close(results[1], results[0], atol=1e-5, rtol=0)

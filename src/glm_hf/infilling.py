@@ -23,6 +23,17 @@ from .modeling.configuration_glm import GLMConfig
 from .modeling.modeling_glm import GLMForConditionalGeneration
 
 MASK_TEXT = re.compile(r"\[(?:MASK|sMASK|gMASK)\]")
+# Inputs fill_blanks builds for every blank; the KV cache it manages itself.
+RESERVED_GENERATE_KWARGS = {
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "block_position_ids",
+    "prefix_length",
+    "past_key_values",
+    "use_cache",
+    "cache_implementation",
+}
 
 
 @dataclass
@@ -57,9 +68,10 @@ def prompt_text(text: str, config: GLMConfig) -> str:
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, config: GLMConfig, text: str) -> list[int]:
-    """`[CLS] text [eos]` ids (no [eos] after a trailing [gMASK]); raises when the prompt does not fit."""
+    """`[CLS] text [eos]` ids, without [eos] when the text ends with "[gMASK]" (the original tests the text, not
+    the last id); raises when the prompt does not fit."""
     ids = [config.cls_token_id, *tokenizer.encode(text, add_special_tokens=False)]
-    if not (config.gmask_token_id is not None and ids[-1] == config.gmask_token_id):
+    if not text.endswith("[gMASK]"):
         ids.append(config.eos_token_id)
     if len(ids) >= config.max_position_embeddings:
         raise ValueError(
@@ -126,7 +138,11 @@ def fill_blanks(
         return []
     if generate_kwargs.get("num_return_sequences", 1) != 1:
         raise ValueError("fill_blanks returns one filling per text; num_return_sequences must be 1.")
-    generate_kwargs.setdefault("max_new_tokens", 32)
+    reserved = sorted(set(generate_kwargs) & RESERVED_GENERATE_KWARGS)
+    if reserved:
+        raise ValueError(f"fill_blanks builds {', '.join(reserved)} itself; leave them out of the generate options.")
+    if "max_new_tokens" not in generate_kwargs and "max_length" not in generate_kwargs:
+        generate_kwargs["max_new_tokens"] = 32
     config = model.config
     device = model.device
     prompts = [prompt_text(text, config) for text in texts]

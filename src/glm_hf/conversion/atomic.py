@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ def atomic_output_folder(output: Path, overwrite: bool) -> Iterator[Path]:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it.")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should read like any new folder
     try:
         yield staging
         _move_into_place(staging, output, overwrite)
@@ -33,10 +37,7 @@ def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{output} appeared while writing; pass --overwrite to replace it.")
-    retired = output.with_name(f".{output.name}.replaced")
+    retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.replaced-", dir=output.parent)) / output.name
     output.rename(retired)
     staging.rename(output)
-    if retired.is_dir():
-        shutil.rmtree(retired)
-    else:
-        retired.unlink()
+    shutil.rmtree(retired.parent, ignore_errors=True)

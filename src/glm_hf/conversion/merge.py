@@ -63,6 +63,8 @@ def split_partitions(name: str, tensor: torch.Tensor, world_size: int) -> list[t
     if rule == REPLICATED:
         return [tensor] * world_size
     dim = 0 if rule == FUSED_QKV else rule
+    if rule == FUSED_QKV and tensor.shape[0] % 3:
+        raise ValueError(f"{name} has {tensor.shape[0]} rows, not a multiple of 3 (Q;K;V).")
     size = tensor.shape[dim] // (3 if rule == FUSED_QKV else 1)
     if size % world_size:
         raise ValueError(f"{name} cannot be split over {world_size} ranks: {size} is not divisible by it.")

@@ -51,16 +51,17 @@ class PlannedTensor:
 
 
 def parse_size(size: str | int) -> int:
-    """Bytes of a size like "5GB" (10^9) or "500MiB" (2^20), as transformers reads `max_shard_size`."""
+    """Bytes of a size like "5GB" (10^9), "500MiB" (2^20) or "8Gb" (bits), as transformers reads `max_shard_size`."""
     if isinstance(size, int):
         return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", size, flags=re.IGNORECASE)
-    if not match:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(([KMGT]?)(i?)([Bb]))?\s*", size, flags=re.IGNORECASE)
+    if not match or (match.group(2) and match.group(5) not in "Bb"):
         raise ValueError(f"Cannot read the size {size!r}; write it like 5GB, 500MB or 2GiB.")
-    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
-    powers = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-    powers.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
-    return int(number * powers[unit])
+    number = float(match.group(1))
+    prefix, binary, unit = (match.group(3) or "").upper(), match.group(4), match.group(5) or "B"
+    exponent = "KMGT".index(prefix) + 1 if prefix else 0
+    scale = (2**10 if binary else 10**3) ** exponent
+    return int(number * scale / (8 if unit == "b" else 1))
 
 
 def plan_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:

@@ -63,7 +63,8 @@ def build_glm_attention_mask(
     """
     key_positions = torch.arange(key_length, device=query_positions.device)
     causal = key_positions[None, :] <= query_positions[:, None]  # [T, S]
-    in_prefix = key_positions[None, :] < prefix_length[:, None]  # [B, S]
+    filled = key_positions <= query_positions.max()  # a static cache's later columns are still empty
+    in_prefix = (key_positions[None, :] < prefix_length[:, None]) & filled  # [B, S]
     mask = causal[None, :, :] | in_prefix[:, None, :]  # [B, T, S]
     if padding_mask is not None:
         mask = mask & padding_mask[:, None, :].bool()
@@ -71,17 +72,28 @@ def build_glm_attention_mask(
     return mask[:, None, :, :]
 
 
-def explicit_mask_to_bool(attention_mask: torch.Tensor, query_length: int, key_length: int) -> torch.Tensor:
-    """A caller's 3-D/4-D mask as boolean [B, 1, T, S]: bool (True = attend) or additive float (0 = attend)."""
+def explicit_mask_to_bool(
+    attention_mask: torch.Tensor, query_length: int, filled_length: int, key_length: int
+) -> torch.Tensor:
+    """A caller's 3-D/4-D mask over the `filled_length` cached + new columns as boolean [B, 1, T, key_length]:
+    bool (True = attend) or additive float (0 = attend). `key_length` exceeds `filled_length` for static caches."""
     if attention_mask.dim() == 3:
         attention_mask = attention_mask[:, None]
-    if attention_mask.shape[-2] != query_length or attention_mask.shape[-1] < key_length:
+    if attention_mask.shape[-2] != query_length or attention_mask.shape[-1] not in (key_length, filled_length):
         raise ValueError(
             f"The 4-D attention_mask has shape {tuple(attention_mask.shape)}, but this input needs "
-            f"[batch, 1, {query_length}, {key_length}] (query length x cached + new columns)."
+            f"[batch, 1, {query_length}, {filled_length}] (query length x cached + new columns)."
         )
-    mask = attention_mask[..., -key_length:]
+    if attention_mask.shape[-1] < key_length:  # a static cache holds unfilled columns beyond the mask: hide them
+        fill = False if attention_mask.dtype == torch.bool else torch.finfo(attention_mask.dtype).min
+        attention_mask = nn.functional.pad(attention_mask, (0, key_length - attention_mask.shape[-1]), value=fill)
+    mask = attention_mask
     if mask.dtype != torch.bool:
+        if (mask > 0).any():
+            raise ValueError(
+                "A float 4-D attention_mask is additive (0 = attend, negative = masked), but this one has positive "
+                "values: it looks like the original's 1/0 mask. Pass it as a bool mask (mask > 0) instead."
+            )
         mask = mask >= 0
     return mask | ~mask.any(dim=-1, keepdim=True)
 
@@ -91,6 +103,16 @@ class GLMResidualProjection(nn.Linear):
 
     Identical to `nn.Linear`; the type only tells `_init_weights` to use the original's scaled std.
     """
+
+
+def default_position_ids(
+    cache_position: torch.Tensor, batch_size: int, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Positions 0, 1, ... of the real tokens: from a 2-D padding mask when there is one, else the cache positions."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return cache_position.unsqueeze(0).expand(batch_size, -1)
+    counted = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return counted[:, -cache_position.shape[0] :]  # the mask covers cached + new columns; keep the new ones
 
 
 class GLMPositionEmbeddings(nn.Module):
@@ -303,7 +325,7 @@ class GLMModel(GLMPreTrainedModel):
         if cache_position is None:
             cache_position = torch.arange(past_length, past_length + query_length, device=device)
         position_ids, block_position_ids = self._resolve_positions(
-            position_ids, block_position_ids, cache_position, batch_size
+            position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
         self._check_position_range(position_ids, block_position_ids, past_length + query_length)
         hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
@@ -313,6 +335,11 @@ class GLMModel(GLMPreTrainedModel):
             attention_mask, prefix_length, cache_position, past_key_values, batch_size, query_length, past_length
         )
 
+        if output_attentions and self.config._attn_implementation != "eager":
+            logger.warning_once(
+                f"output_attentions=True needs attn_implementation='eager'; {self.config._attn_implementation} "
+                "returns None for the attention weights."
+            )
         all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
         all_attentions: tuple[torch.Tensor | None, ...] | None = () if output_attentions else None
         for layer in self.layers:
@@ -344,14 +371,16 @@ class GLMModel(GLMPreTrainedModel):
         block_position_ids: torch.Tensor | None,
         cache_position: torch.Tensor,
         batch_size: int,
+        attention_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Split the original stacked [B, 2, T] form and fill in the defaults."""
+        """Split the original stacked [B, 2, T] form and fill in the defaults (positions count real tokens, so
+        left padding does not shift them)."""
         if position_ids is not None and position_ids.dim() == 3:
             if block_position_ids is not None:
                 raise ValueError("Pass block_position_ids either inside a [B, 2, T] position_ids or alone, not both.")
             position_ids, block_position_ids = position_ids[:, 0], position_ids[:, 1]
         if position_ids is None:
-            position_ids = cache_position.unsqueeze(0).expand(batch_size, -1)
+            position_ids = default_position_ids(cache_position, batch_size, attention_mask)
         if self.embed_positions.block_position_embeddings is None:
             if block_position_ids is not None:
                 raise ValueError("This model has no block-position table (block_position_encoding=False).")
@@ -389,7 +418,7 @@ class GLMModel(GLMPreTrainedModel):
         if past_key_values is not None and past_key_values.is_compileable:
             key_length = past_key_values.get_mask_sizes(query_length, 0)[0]
         if attention_mask is not None and attention_mask.dim() > 2:
-            return explicit_mask_to_bool(attention_mask, query_length, key_length)
+            return explicit_mask_to_bool(attention_mask, query_length, past_length + query_length, key_length)
 
         if prefix_length is None:
             prefix_length = past_length if past_length > 0 else query_length
@@ -511,16 +540,22 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             if position_ids is not None and position_ids.dim() == 3:
                 kwargs["position_ids"], kwargs["block_position_ids"] = position_ids[:, 0], position_ids[:, 1]
             if kwargs.get("position_ids") is None:
-                kwargs["position_ids"] = torch.arange(prompt_length, device=prompt.device).expand(batch_size, -1)
+                prompt_columns = torch.arange(prompt_length, device=prompt.device)
+                kwargs["position_ids"] = default_position_ids(prompt_columns, batch_size, kwargs.get("attention_mask"))
             if kwargs.get("block_position_ids") is None and self.config.block_position_encoding:
                 kwargs["block_position_ids"] = torch.zeros_like(kwargs["position_ids"])
-            if kwargs.get("prefix_length") is None:
+            prefix_length = kwargs.get("prefix_length")
+            if prefix_length is None:
                 kwargs["prefix_length"] = prompt_length
+            elif torch.is_tensor(prefix_length):  # [B], so that beam search can expand it per sequence
+                kwargs["prefix_length"] = prefix_length.reshape(-1).expand(batch_size).clone()
         return super().generate(inputs, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs: Any) -> dict[str, Any]:
+    def prepare_inputs_for_generation(
+        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         """Slice the block positions like transformers slices `position_ids`."""
-        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         block_position_ids = model_inputs.get("block_position_ids")
         position_ids = model_inputs.get("position_ids")
         if block_position_ids is not None and position_ids is not None:
