@@ -43,9 +43,6 @@ REMOTE_CODE_MODULES: dict[str, str] = {
 }
 # What the generated files may import besides the standard library and each other.
 REMOTE_CODE_DEPENDENCIES = frozenset({"torch", "transformers", "tokenizers", "huggingface_hub"})
-# Packages that only a builder method needs (reading the original vocabulary files): their imports are wrapped in
-# try/except in the generated files, which transformers' remote-code import check skips.
-OPTIONAL_REMOTE_CODE_DEPENDENCIES = frozenset({"sentencepiece"})
 CONFIG_AUTO_MAP = {
     "AutoConfig": "configuration_glm.GLMConfig",
     "AutoModel": "modeling_glm.GLMModel",
@@ -282,18 +279,6 @@ def _flatten_imports(source: str, module_name: str, flat_of: dict[str, str]) -> 
             packages = {name.split(".")[0] for name in names}
             if "glm_hf" in packages:
                 raise RuntimeError(f"{module_name} imports glm_hf absolutely (line {node.lineno}): cannot export it.")
-            if packages & OPTIONAL_REMOTE_CODE_DEPENDENCIES:
-                if node.col_offset == 0:
-                    raise RuntimeError(f"{module_name} imports {', '.join(packages)} at module level.")
-                statement = ast.get_source_segment(source, node)
-                wrapped = [
-                    "try:",
-                    f"    {statement}",
-                    "except ImportError as error:",
-                    f"    raise ImportError({'This needs ' + ', '.join(sorted(packages)) + ' (pip install it).'!r}) "
-                    "from error",
-                ]
-                replacements.append((node, wrapped))
     for node, statements in sorted(replacements, key=lambda item: item[0].lineno, reverse=True):
         first = lines[node.lineno - 1]
         indent = first[: len(first) - len(first.lstrip())]

@@ -383,7 +383,10 @@ def _sentencepiece_bpe(
     the merges are every split of every normal piece into two normal pieces, ranked by the score of the joined piece.
     Control, unknown and user-defined pieces keep their ids but are never produced by a merge.
     """
-    import sentencepiece
+    try:
+        import sentencepiece
+    except ImportError as error:  # optional: only building a Chinese tokenizer from the original model file needs it
+        raise ImportError("Reading cog-pretrain.model needs sentencepiece: pip install sentencepiece.") from error
 
     processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
     proto = _proto_fields(processor.serialized_model_proto())
