@@ -295,7 +295,8 @@ class GLMModel(GLMPreTrainedModel):
     ) -> BaseModelOutputWithPast | tuple:
         r"""
         position_ids / block_position_ids: [B, T]; `position_ids` may also be the original stacked [B, 2, T].
-            Default: positions continue the cache (0..T-1 on a first pass), block positions 0.
+            Default: positions count the real tokens of a 2-D padding mask (so left padding does not shift them),
+            else continue the cache (0..T-1 on a first pass); block positions 0.
         attention_mask: [B, past + T] padding mask (1 = token), or an explicit [B, 1, T, past + T] mask, bool
             (True = attend) or additive float (0 = attend), that replaces GLM's mask.
         prefix_length: int or [B]: leading columns (Part A, left padding included) visible to every query, counted
