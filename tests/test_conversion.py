@@ -210,6 +210,12 @@ def test_shard_count_differs_from_the_recorded_world_size(tmp_path):
     assert_fails_cleanly(source, tmp_path / "out", "mp_world_size=2, but 1 shard")
 
 
+def test_an_extra_shard(tmp_path):
+    source = copy_checkpoint("released_MP2", tmp_path / "mp2")
+    shutil.copyfile(source / "1000" / "mp_rank_01_model_states.pt", source / "1000" / "mp_rank_02_model_states.pt")
+    assert_fails_cleanly(source, tmp_path / "out", "mp_world_size=2, but 3 shard")
+
+
 def test_mismatched_shard_shapes(tmp_path):
     source = copy_checkpoint("released_MP2", tmp_path / "mp2")
     path = source / "1000" / "mp_rank_01_model_states.pt"
