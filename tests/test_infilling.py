@@ -120,10 +120,22 @@ def test_bad_inputs_get_clear_errors(model, tokenizer):
         fill_blanks(model, tokenizer, TEXTS[1], use_cache=False, attention_mask=None)
 
 
-def test_max_length_is_respected_when_given_instead_of_max_new_tokens(model, tokenizer):
-    prompt_length = len(encode_prompt(tokenizer, model.config, TEXTS[1])) + 1  # + [sop]
-    result = fill_blanks(model, tokenizer, TEXTS[1], max_length=prompt_length + 2, min_length=prompt_length + 2)
-    assert len(tokenizer.encode(result[0].spans[0], add_special_tokens=False)) == 2
+def test_generation_options_come_from_the_model_generation_config_too(model, tokenizer):
+    from transformers import GenerationConfig
+
+    beams = GenerationConfig(num_beams=3, max_new_tokens=4)
+    assert fill_blanks(model, tokenizer, TEXTS, generation_config=beams) == fill_blanks(
+        model, tokenizer, TEXTS, num_beams=3, max_new_tokens=4
+    )
+    spans = fill_blanks(model, tokenizer, TEXTS[1], generation_config=GenerationConfig(max_new_tokens=2))[0].spans
+    assert len(tokenizer.encode(spans[0], add_special_tokens=False)) <= 2
+    with pytest.raises(ValueError, match="max_new_tokens .per blank"):
+        fill_blanks(model, tokenizer, TEXTS[1], max_length=40)
+    two_each = GenerationConfig(num_beams=2, num_return_sequences=2)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        fill_blanks(model, tokenizer, TEXTS[1], generation_config=two_each)
+    with pytest.raises(ValueError, match="Unknown generation options: colour"):
+        fill_blanks(model, tokenizer, TEXTS[1], colour="red")
 
 
 def test_text_infilling_pipeline_wraps_fill_blanks(model, tokenizer):
@@ -155,3 +167,59 @@ def test_cli_infill_prints_filled_texts_and_rejects_bad_files(tmp_path, capsys):
         main(["infill", "--input", str(broken)])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["infill", "--input", str(tmp_path / "missing.txt")])
+
+
+def test_pipeline_batches_texts(model, tokenizer):
+    infill = pipeline("text-infilling", model=model, tokenizer=tokenizer)
+    batched = infill(TEXTS, max_new_tokens=4, batch_size=2)
+    expected = fill_blanks(model, tokenizer, TEXTS, max_new_tokens=4)
+    assert batched == [{"filled_text": result.text, "spans": result.spans} for result in expected]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--num-beams", "0"], "at least 1"),
+        (["--top-p", "2"], r"--top-p must be in \(0, 1\]"),
+        (["--temperature", "0"], "--temperature must be positive"),
+    ],
+)
+def test_cli_infill_refuses_bad_options_before_loading_a_model(arguments, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["infill", TEXTS[1], *arguments])
+
+
+def test_cli_infill_checks_files_and_model_folders(tmp_path):
+    with pytest.raises(SystemExit, match="is a folder"):
+        main(["infill", TEXTS[1], "--output", str(tmp_path)])
+    latin1 = tmp_path / "texts.txt"
+    latin1.write_bytes("caf\xe9 [MASK]\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match="texts.txt is not UTF-8"):
+        main(["infill", "--input", str(latin1)])
+    other = tmp_path / "texts.csv"
+    other.write_text("a [MASK]\n")
+    with pytest.raises(SystemExit, match="expected a .txt or .jsonl file"):
+        main(["infill", "--input", str(other)])
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(SystemExit, match="model_type 'bert'"):
+        main(["infill", TEXTS[1], "--model", str(tmp_path / "bert")])
+
+
+def test_cli_infill_output_is_readable_like_any_new_file(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        main(["infill", TEXTS[1], "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "2"])
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_tokenizer_that_outgrows_the_embedding_is_named(tokenizer):
+    config = build_demo_config(tokenizer)
+    config.vocab_size = 40  # the demo vocabulary has more ids than this
+    small = glm_hf.GLMForConditionalGeneration(config).eval()
+    with pytest.raises(ValueError, match="does not belong to this model"):
+        fill_blanks(small, tokenizer, "the castle at night [MASK]")

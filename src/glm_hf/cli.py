@@ -97,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     infill = jobs.add_parser("infill", help="fill every [MASK]/[sMASK]/[gMASK] of texts, or of a .txt/.jsonl file")
     infill.add_argument("texts", nargs="*", help="texts with blanks (or use --input)")
     infill.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded default)")
-    infill.add_argument("--input", type=Path, default=None, help=".txt (a text per line) or .jsonl ({'text': ...})")
+    infill.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help=".txt (a text per line; blank lines skipped) or .jsonl ({'text': ...})",
+    )
     infill.add_argument("--output", type=Path, default=None, help=".jsonl to write (default: print)")
     infill.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     infill.add_argument("--batch-size", type=int, default=16)
@@ -141,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.argv = argv
     try:
         args.run(args)
-    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError) as error:  # user errors; their messages say what to change
         raise SystemExit(f"glm-hf {args.job}: error: {error}") from None
 
 

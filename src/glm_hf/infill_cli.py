@@ -17,24 +17,31 @@ from .infilling import fill_blanks
 
 
 def read_texts(path: Path) -> list[str]:
-    """Texts of a .txt file (one per non-empty line) or a .jsonl file (a "text" field per line)."""
+    """Texts of a .txt file (one per non-empty line; blank lines are skipped) or a .jsonl file (a "text" field per
+    line)."""
     if not path.is_file():
-        raise FileNotFoundError(f"--input {path} does not exist.")
+        raise FileNotFoundError(f"--input {path} does not exist or is not a file.")
+    suffix = path.suffix.lower()
+    if suffix not in (".txt", ".jsonl"):
+        raise ValueError(f"--input {path}: expected a .txt or .jsonl file.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--input {path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
     texts = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError(f'{path}:{number}: expected an object with a string "text" field.')
-                texts.append(record["text"])
-            else:
-                texts.append(line.rstrip("\n"))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError(f'{path}:{number}: expected an object with a string "text" field.')
+            texts.append(record["text"])
+        else:
+            texts.append(line)
     if not texts:
         raise ValueError(f"--input {path} holds no text.")
     return texts
@@ -48,12 +55,16 @@ def load_model(folder: Path | None) -> tuple[Any, Any]:
         return default_model_and_tokenizer()
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--model {folder} is not a folder.")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"--model {folder} has no config.json: not a model folder.")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"--model {folder} has no usable tokenizer files ({error}).") from None
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type != "glm_blocklm":
+        raise ValueError(f"--model {folder} holds model_type {model_type!r}, not a GLM ('glm_blocklm').")
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"--model {folder} has no tokenizer.json (convert with --tokenizer and --vocab-dir).")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     return AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), tokenizer
 
 
@@ -71,13 +82,46 @@ def batches(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def run_infill(args: argparse.Namespace) -> None:
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad options before any model is loaded."""
     if bool(args.texts) == (args.input is not None):
         raise ValueError("Give texts as arguments or one --input file, not both or neither.")
-    if args.batch_size < 1:
-        raise ValueError("--batch-size must be at least 1.")
-    if args.output is not None and args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"--output {args.output} already exists; pass --overwrite to replace it.")
+    if args.batch_size < 1 or args.num_beams < 1 or args.max_new_tokens < 1:
+        raise ValueError("--batch-size, --num-beams and --max-new-tokens must be at least 1.")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError("--top-k must be at least 1.")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError("--top-p must be in (0, 1].")
+    if args.temperature is not None and args.temperature <= 0:
+        raise ValueError("--temperature must be positive.")
+    if args.output is not None:
+        if args.output.is_dir():
+            raise ValueError(f"--output {args.output} is a folder; give a .jsonl file path.")
+        if args.output.exists() and not args.overwrite:
+            raise FileExistsError(f"--output {args.output} already exists; pass --overwrite to replace it.")
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write all records or nothing: a temporary file beside `path`, renamed over it when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(descriptor, 0o666 & ~umask)  # mkstemp makes it private; the result should read like any new file
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def run_infill(args: argparse.Namespace) -> None:
+    check_arguments(args)
     texts = read_texts(args.input) if args.input is not None else args.texts
     model, tokenizer = load_model(args.model)
     if args.seed is not None:
@@ -96,14 +140,5 @@ def run_infill(args: argparse.Namespace) -> None:
         for record in records:
             print(record["filled_text"])
         return
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(prefix=f".{args.output.name}.", dir=args.output.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(staging, args.output)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    write_jsonl(args.output, records)
     print(f"wrote {len(records)} filled texts to {args.output}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from .modeling.configuration_glm import GLMConfig
 from .modeling.modeling_glm import GLMForConditionalGeneration
@@ -122,6 +122,29 @@ def _first_span(tokens: list[int], end_ids: set[int]) -> list[int]:
     return tokens
 
 
+def blank_generation_config(model: GLMForConditionalGeneration, generate_kwargs: dict[str, Any]) -> GenerationConfig:
+    """The model's generation config with the caller's options: one sequence per text, `max_new_tokens` per blank
+    (32 unless set), and no inputs that fill_blanks builds itself."""
+    reserved = sorted(set(generate_kwargs) & RESERVED_GENERATE_KWARGS)
+    if reserved:
+        raise ValueError(f"fill_blanks builds {', '.join(reserved)} itself; leave them out of the generate options.")
+    if "max_length" in generate_kwargs:
+        raise ValueError("max_length counts the whole growing sequence; give max_new_tokens (per blank) instead.")
+    options = dict(generate_kwargs)
+    generation_config = copy.deepcopy(options.pop("generation_config", None) or model.generation_config)
+    unused = generation_config.update(**options)
+    if unused:
+        raise ValueError(f"Unknown generation options: {', '.join(sorted(unused))}.")
+    if generation_config.num_return_sequences not in (None, 1):
+        raise ValueError("fill_blanks returns one filling per text; num_return_sequences must be 1.")
+    if generation_config.return_dict_in_generate:
+        raise ValueError("fill_blanks returns InfillingResult objects; return_dict_in_generate is not supported.")
+    if generation_config.max_new_tokens is None:
+        generation_config.max_new_tokens = 32
+    generation_config.use_cache = True
+    return generation_config
+
+
 @torch.no_grad()
 def fill_blanks(
     model: GLMForConditionalGeneration,
@@ -136,17 +159,17 @@ def fill_blanks(
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         return []
-    if generate_kwargs.get("num_return_sequences", 1) != 1:
-        raise ValueError("fill_blanks returns one filling per text; num_return_sequences must be 1.")
-    reserved = sorted(set(generate_kwargs) & RESERVED_GENERATE_KWARGS)
-    if reserved:
-        raise ValueError(f"fill_blanks builds {', '.join(reserved)} itself; leave them out of the generate options.")
-    if "max_new_tokens" not in generate_kwargs and "max_length" not in generate_kwargs:
-        generate_kwargs["max_new_tokens"] = 32
+    generation_config = blank_generation_config(model, generate_kwargs)
     config = model.config
     device = model.device
     prompts = [prompt_text(text, config) for text in texts]
     contexts = [encode_prompt(tokenizer, config, prompt) for prompt in prompts]
+    largest_id = max(max(ids) for ids in contexts)
+    if largest_id >= config.vocab_size:
+        raise ValueError(
+            f"The tokenizer produced id {largest_id}, but the model has {config.vocab_size} embedding rows: "
+            "the tokenizer does not belong to this model."
+        )
     masks = set(mask_token_ids(config))
     blanks = [[index for index, token in enumerate(ids) if token in masks] for ids in contexts]
     for prompt, positions in zip(prompts, blanks, strict=True):
@@ -169,7 +192,7 @@ def fill_blanks(
     cache = model(**sequence, prefix_length=context_length, use_cache=True).past_key_values
 
     spans: list[list[list[int]]] = [[] for _ in texts]
-    num_beams = generate_kwargs.get("num_beams", 1)
+    num_beams = generation_config.num_beams or 1
     for blank in range(max(len(positions) for positions in blanks)):
         active = [blank < len(positions) for positions in blanks]
         mask_positions = torch.tensor(
@@ -184,8 +207,7 @@ def fill_blanks(
             **_append(sequence, sop),
             prefix_length=context_length,
             past_key_values=generation_cache,
-            use_cache=True,
-            **generate_kwargs,
+            generation_config=generation_config,
         )
         if generation_cache is cache:  # drop what generate() appended; the chosen span is appended below
             cache.crop(sequence["input_ids"].shape[1] - cache.get_seq_length())

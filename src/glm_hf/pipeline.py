@@ -30,9 +30,13 @@ class TextInfillingPipeline(Pipeline):
             raise TypeError(f"text-infilling takes strings, got {type(text).__name__}.")
         return {"text": text}
 
-    def _forward(self, model_inputs: dict[str, str], **generate_kwargs: Any) -> dict[str, Any]:
-        (result,) = fill_blanks(self.model, self.tokenizer, [model_inputs["text"]], **generate_kwargs)
-        return {"filled_text": result.text, "spans": result.spans}
+    def _forward(self, model_inputs: dict[str, Any], **generate_kwargs: Any) -> dict[str, Any]:
+        texts = model_inputs["text"]  # one text, or a list of them when the pipeline runs with batch_size > 1
+        batch = [texts] if isinstance(texts, str) else texts
+        results = fill_blanks(self.model, self.tokenizer, batch, **generate_kwargs)
+        if isinstance(texts, str):
+            return {"filled_text": results[0].text, "spans": results[0].spans}
+        return {"filled_text": [result.text for result in results], "spans": [result.spans for result in results]}
 
     def postprocess(self, model_outputs: dict[str, Any], **_: Any) -> dict[str, Any]:
         return model_outputs

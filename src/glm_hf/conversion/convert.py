@@ -9,6 +9,7 @@ with `overwrite=True`.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,7 @@ def convert_checkpoint(
         _write_config_files(staging, config)
         files += ["config.json", "generation_config.json"]
         if vocab_dir is not None:
-            files += _write_tokenizer(staging, family, Path(vocab_dir))
+            files += _write_tokenizer(staging, family, Path(vocab_dir), config)
         if remote_code:
             from ..hub import export_remote_code
 
@@ -268,11 +269,20 @@ def _write_config_files(folder: Path, config: GLMConfig) -> None:
     glm_generation_config(config).save_pretrained(folder)
 
 
-def _write_tokenizer(folder: Path, family: str | None, vocab_dir: Path) -> list[str]:
+def _write_tokenizer(folder: Path, family: str | None, vocab_dir: Path, config: GLMConfig) -> list[str]:
+    """Write the family's tokenizer, limited to the model's positions; warn when its ids outgrow the embedding."""
     from ..tokenization_glm import build_tokenizer
 
+    tokenizer = build_tokenizer(family, vocab_dir)
+    tokenizer.model_max_length = config.max_position_embeddings
+    if len(tokenizer) > config.vocab_size:
+        warnings.warn(
+            f"The {family} tokenizer has {len(tokenizer)} ids but the model only {config.vocab_size} embedding rows: "
+            "is --tokenizer the right family for this checkpoint?",
+            stacklevel=3,
+        )
     before = set(path.name for path in folder.iterdir())
-    build_tokenizer(family, vocab_dir).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return sorted(set(path.name for path in folder.iterdir()) - before)
 
 
