@@ -25,9 +25,10 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd
 
-MODEL_TYPE = "glm_blocklm"
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
+from .conversion.safetensors_writer import INDEX_FILE, SINGLE_FILE
+from .modeling.configuration_glm import GLMConfig
+
+MODEL_TYPE = GLMConfig.model_type
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Left out of an upload: version-control/cache folders, editor and staging leftovers.
 SKIPPED_NAMES = ("__pycache__",)
