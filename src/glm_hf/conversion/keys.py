@@ -7,36 +7,44 @@ from collections.abc import Iterable
 
 import torch
 
-_LAYER_PARAMS = (
-    r"(input_layernorm|post_attention_layernorm|attention\.query_key_value|attention\.dense"
-    r"|mlp\.dense_h_to_4h|mlp\.dense_4h_to_h)\.(weight|bias)"
-)
-
-# Original backbone names (no prefix, as in the released `module` dicts) -> glm-hf names.
-ORIGINAL_TO_HF: list[tuple[str, str]] = [
-    (r"^word_embeddings\.weight$", "glm.word_embeddings.weight"),
-    (r"^transformer\.position_embeddings\.weight$", "glm.embed_positions.position_embeddings.weight"),
-    (r"^transformer\.block_position_embeddings\.weight$", "glm.embed_positions.block_position_embeddings.weight"),
-    (rf"^transformer\.layers\.(\d+)\.{_LAYER_PARAMS}$", r"glm.layers.\1.\2.\3"),
-    (r"^transformer\.final_layernorm\.(weight|bias)$", r"glm.final_layernorm.\1"),
+# One table, read in both directions: original backbone names (no prefix, as in the released `module` dicts) and
+# glm-hf names. `{field}` stands for the part of the name given by FIELDS; it is copied across unchanged.
+KEY_TABLE: list[tuple[str, str]] = [
+    ("word_embeddings.weight", "glm.word_embeddings.weight"),
+    ("transformer.position_embeddings.weight", "glm.embed_positions.position_embeddings.weight"),
+    ("transformer.block_position_embeddings.weight", "glm.embed_positions.block_position_embeddings.weight"),
+    ("transformer.layers.{layer}.{parameter}", "glm.layers.{layer}.{parameter}"),
+    ("transformer.final_layernorm.{end}", "glm.final_layernorm.{end}"),
 ]
+FIELDS = {
+    "layer": r"\d+",
+    "parameter": r"(?:input_layernorm|post_attention_layernorm|attention\.query_key_value|attention\.dense"
+    r"|mlp\.dense_h_to_4h|mlp\.dense_4h_to_h)\.(?:weight|bias)",
+    "end": r"(?:weight|bias)",
+}
 
-# glm-hf names -> original names: the same table read backwards.
-HF_TO_ORIGINAL: list[tuple[str, str]] = [
-    (r"^glm\.word_embeddings\.weight$", "word_embeddings.weight"),
-    (r"^glm\.embed_positions\.position_embeddings\.weight$", "transformer.position_embeddings.weight"),
-    (r"^glm\.embed_positions\.block_position_embeddings\.weight$", "transformer.block_position_embeddings.weight"),
-    (rf"^glm\.layers\.(\d+)\.{_LAYER_PARAMS}$", r"transformer.layers.\1.\2.\3"),
-    (r"^glm\.final_layernorm\.(weight|bias)$", r"transformer.final_layernorm.\1"),
-]
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """A template as a full-match regex whose `{field}`s are named groups."""
+    pieces = re.split(r"\{(\w+)\}", template)
+    regex = "".join(
+        re.escape(piece) if i % 2 == 0 else f"(?P<{piece}>{FIELDS[piece]})" for i, piece in enumerate(pieces)
+    )
+    return re.compile(regex)
+
+
+ORIGINAL_TO_HF = [(_pattern(original), hf) for original, hf in KEY_TABLE]
+HF_TO_ORIGINAL = [(_pattern(hf), original) for original, hf in KEY_TABLE]
+
 
 BACKBONE_ANCHOR = "word_embeddings.weight"
 
 
-def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
-    for pattern, replacement in table:
-        if re.match(pattern, key):
-            return re.sub(pattern, replacement, key)
+def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for pattern, template in table:
+        match = pattern.fullmatch(key)
+        if match:
+            return template.format(**match.groupdict())
     return None
 
 
