@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 import glm_hf
+
+# Real vocabulary files and corpora (not ours): `$GLM_HF_ASSETS`, default `../shared/assets` beside the repository.
+ASSETS = Path(os.environ.get("GLM_HF_ASSETS", Path(__file__).resolve().parents[1].parent / "shared" / "assets"))
 
 # Command tokens of the tiny test vocabulary, in the BERT family's arrangement (pad doubles as eos).
 TINY_TOKEN_IDS = {

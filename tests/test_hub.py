@@ -27,8 +27,9 @@ from glm_hf.cli import main
 from glm_hf.conversion import ConversionReport, convert_checkpoint
 from glm_hf.conversion.convert import model_card
 
+from conftest import ASSETS
+
 CHECKPOINTS = Path(__file__).parent / "fixtures" / "original_checkpoints"
-ASSETS = Path(os.environ.get("GLM_HF_ASSETS", Path(__file__).resolve().parents[1].parent / "shared" / "assets"))
 HAVE_ASSETS = (ASSETS / "gpt2-vocab.json").is_file() and (ASSETS / "gpt2-merges.txt").is_file()
 NO_ASSETS = f"shared assets (gpt2 vocabulary) not found at {ASSETS}; set GLM_HF_ASSETS"
 REMOTE_FILES = ["cloze_glm.py", "configuration_glm.py", "infilling_glm.py", "modeling_glm.py", "tokenization_glm.py"]

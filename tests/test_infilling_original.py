@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -28,7 +27,8 @@ from glm_hf.cli import main
 from glm_hf.infilling import encode_prompt, fill_blanks, mask_token_ids, prompt_text
 from glm_hf.tokenization_glm import GLMTokenizerFast, build_tokenizer
 
-ASSETS = Path(os.environ.get("GLM_HF_ASSETS", Path(__file__).resolve().parents[1].parent / "shared" / "assets"))
+from conftest import ASSETS
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "original_generation_prompts.json"
 RELEASED = Path(__file__).resolve().parent / "fixtures" / "original_checkpoints" / "released"
 MASK_STRING = re.compile(r"\[(?:MASK|sMASK|gMASK)\]")

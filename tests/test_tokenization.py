@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import unicodedata
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import glm_hf
 from glm_hf.modeling.configuration_glm import FAMILY_TOKEN_IDS
 from glm_hf.tokenization_glm import TOKENIZER_FAMILIES, GLMTokenizerFast, build_tokenizer
 
-ASSETS = Path(os.environ.get("GLM_HF_ASSETS", Path(__file__).resolve().parents[1].parent / "shared" / "assets"))
+from conftest import ASSETS
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "original_token_ids.json.gz"
 
 pytestmark = pytest.mark.skipif(
