@@ -72,6 +72,37 @@ def blank_inputs(batch_size: int = 2, part_a: int = 9, part_b: int = 4, seed: in
     }
 
 
+TINY_WORDS = (
+    "the a of and to in is was it that he she they we his her on with for as at by from this not but "
+    "king queen house river stone light night day bird tree road ship door hand word time man child "
+    "sees walks holds finds opens keeps reads writes knows loves old new long small dark cold green quiet "
+    ", . ! ? ;"
+).split()
+
+
+def tiny_word_tokenizer() -> Any:
+    """A whitespace word-level tokenizer over `TINY_WORDS` with the command tokens at `TINY_TOKEN_IDS` (and
+    [gMASK] 7, [sMASK] 8): fits `tiny_config`'s 96 rows, needs no vocabulary file."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]", "<|startofpiece|>", "<|endofpiece|>", "[gMASK]"]
+    specials.append("[sMASK]")
+    vocab = {token: index for index, token in enumerate(specials + list(TINY_WORDS))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        eos_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        unk_token="[UNK]",
+        additional_special_tokens=specials[5:],
+    )
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads() -> None:
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,15 +12,20 @@ from glm_hf.cli import main
 from glm_hf.demo import run_demo
 
 
-def test_demo_saves_reloads_and_fills_the_blank(tmp_path, capsys):
-    main(["demo", "--output", str(tmp_path / "model")])
+def test_demo_exports_converts_back_compares_and_fills_blanks(tmp_path, capsys):
+    main(["demo"])
     printed = capsys.readouterr().out
-    assert "model.safetensors" in printed and "AutoModelForSeq2SeqLM" in printed
-    assert "both gave the same tokens" in printed
-    report = run_demo(output=tmp_path / "again")
-    assert report.reload_max_abs_diff == 0.0
-    assert "[MASK]" not in report.filled_text and report.span
-    assert report.filled_text.startswith("the ghost of the king ")
+    assert "mp_rank_00_model_states.pt" in printed and "model.safetensors" in printed
+    assert "both gave the same fills" in printed
+    temporary = Path(printed.split("removed ", 1)[1].split(";", 1)[0])
+    assert temporary.name.startswith("glm-demo-") and not temporary.exists()  # no model copies left behind
+    report = run_demo(output=tmp_path / "again", texts=["to be, or not to be, that is the [MASK]."])
+    assert report.logits_max_abs_diff == 0.0  # fp16 weights -> original layout -> converter: bit for bit
+    assert (report.folder / "original" / "release" / "mp_rank_00_model_states.pt").is_file()
+    assert (report.folder / "converted" / "model.safetensors").is_file()
+    (filled,) = report.filled
+    assert "[MASK]" not in filled and filled.startswith("to be, or not to be, that is the ")
+    assert set(report.seconds) >= {"load", "export", "convert"}
 
 
 def test_demo_refuses_a_non_empty_folder(tmp_path):
@@ -31,4 +37,14 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
 
 def test_console_script_module_prints_help():
     result = subprocess.run([sys.executable, "-m", "glm_hf.cli", "--help"], capture_output=True, text=True, check=True)
-    assert "demo" in result.stdout
+    assert all(job in result.stdout for job in ("demo", "show-batch", "pretrain"))
+
+
+def test_pretrain_hands_its_options_and_help_to_the_training_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--help"])
+    assert exit_info.value.code == 0
+    assert "--train_files" in capsys.readouterr().out  # TrainingArguments' parser, not the console script's
+    with pytest.raises(SystemExit):
+        main(["show-batch", "--output", "x.png", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err

@@ -10,26 +10,26 @@ from transformers import pipeline
 
 import glm_hf
 from glm_hf.cli import main
-from glm_hf.demo import build_demo_config, build_demo_tokenizer
 from glm_hf.infilling import build_generation_inputs, encode_prompt, fill_blanks
 
+from conftest import tiny_config, tiny_word_tokenizer
+
 TEXTS = [
-    "the king [MASK] the queen and the [MASK] of the castle .",
-    "a ghost [MASK] .",
-    "the old king of the dark castle was a good father to his son , and [MASK] .",
+    "the king [MASK] the queen and the [MASK] of the house .",
+    "a bird [MASK] .",
+    "the old king of the dark house was a new man to his child , and [MASK] .",
 ]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_demo_tokenizer()
+    return tiny_word_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
     torch.manual_seed(0)
-    config = build_demo_config(tokenizer)
-    config.initializer_range = 0.5  # varied greedy choices
+    config = tiny_config(max_position_embeddings=129, initializer_range=0.5)  # varied greedy choices
     return glm_hf.GLMForConditionalGeneration(config).eval()
 
 
@@ -160,7 +160,7 @@ def test_cli_infill_reads_jsonl_and_writes_jsonl(tmp_path, capsys):
 
 def test_cli_infill_prints_filled_texts_and_rejects_bad_files(tmp_path, capsys):
     main(["infill", TEXTS[1], "--max-new-tokens", "2"])
-    assert capsys.readouterr().out.startswith("a ghost ")
+    assert capsys.readouterr().out.startswith("a bird ")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "fine [MASK]"}\n{not json\n')
     with pytest.raises(SystemExit, match=r"broken.jsonl:2: not valid JSON"):
@@ -218,8 +218,7 @@ def test_cli_infill_output_is_readable_like_any_new_file(tmp_path):
 
 
 def test_a_tokenizer_that_outgrows_the_embedding_is_named(tokenizer):
-    config = build_demo_config(tokenizer)
-    config.vocab_size = 40  # the demo vocabulary has more ids than this
+    config = tiny_config(vocab_size=40)  # the tokenizer has more ids than this
     small = glm_hf.GLMForConditionalGeneration(config).eval()
     with pytest.raises(ValueError, match="does not belong to this model"):
-        fill_blanks(small, tokenizer, "the castle at night [MASK]")
+        fill_blanks(small, tokenizer, "the house at night [MASK]")

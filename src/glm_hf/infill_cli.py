@@ -50,7 +50,7 @@ def read_texts(path: Path) -> list[str]:
 def load_model(folder: Path | None) -> tuple[Any, Any]:
     """The model and tokenizer of a folder, or the embedded default."""
     if folder is None:
-        from .demo import default_model_and_tokenizer
+        from .default_model import default_model_and_tokenizer
 
         return default_model_and_tokenizer()
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -65,7 +65,8 @@ def load_model(folder: Path | None) -> tuple[Any, Any]:
     if not (folder / "tokenizer.json").is_file():
         raise FileNotFoundError(f"--model {folder} has no tokenizer.json (convert with --tokenizer and --vocab-dir).")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    return AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), tokenizer
+    # float32 whatever the folder stores (often fp16): the job runs on the CPU, where fp16 matmuls are slow.
+    return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32).eval(), tokenizer
 
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
