@@ -5,6 +5,11 @@ long for `max_length`), then Part B is `[sop] answer[:-1]`, placed at the positi
 positions `1..len(answer)`. The targets are the answer tokens, aligned with the inputs (the target of `[sop]` is the
 answer's first token, the target of the last input is the answer's last token). Include eop in the answer if it
 should be scored, as the original's multi-token cloze tasks do.
+
+`pack_cloze_candidates` turns one example's rows into a single row (Part A once, then every candidate's Part B)
+with a block-diagonal mask, for `GLMForMultipleChoice`. For a single-token cloze (the original's
+`GLMForSingleTokenCloze` input), build one row with a one-token answer: it is Part A + [sop], and the logits to read
+are at the [sop] column, `prefix_length`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from .modeling.configuration_glm import GLMConfig
+from .modeling.modeling_glm import score_cloze_targets
 
 IGNORE_INDEX = -100
 _FORWARD_KEYS = ("input_ids", "position_ids", "block_position_ids", "prefix_length", "attention_mask")
@@ -150,15 +156,88 @@ def score_candidates(
     forward_inputs = {key: inputs[key].to(device) for key in _FORWARD_KEYS if key in inputs}
     logits = model(**forward_inputs).logits
     labels = inputs["labels"].to(logits.device)
-    targets = labels != IGNORE_INDEX
-    # Only the target columns need a softmax over the vocabulary.
-    target_log_probs = torch.log_softmax(logits[targets].float(), dim=-1)
-    token_scores = target_log_probs.gather(-1, labels[targets].unsqueeze(-1)).squeeze(-1)
-    scores = torch.zeros(labels.shape[0], dtype=token_scores.dtype, device=logits.device)
-    scores.index_add_(0, targets.nonzero()[:, 0], token_scores)
-    if length_normalize:
-        scores = scores / targets.sum(-1).clamp(min=1).to(scores.dtype)
-    return scores
+    return score_cloze_targets(logits, labels, length_penalty=1.0 if length_normalize else 0.0)[:, 0]
 
 
-__all__ = ["build_cloze_inputs", "score_candidates"]
+def pack_cloze_candidates(
+    rows: dict[str, torch.Tensor], pad_to: int | None = None, num_choices: int | None = None, pad_id: int = 0
+) -> dict[str, torch.Tensor]:
+    """One example's candidate rows (`build_cloze_inputs`) packed into one row for `GLMForMultipleChoice`.
+
+    The row holds Part A once, then each candidate's Part B ([sop] + answer[:-1], with its own positions and block
+    positions). The boolean mask `[1, L, L]` lets Part A see Part A (both ways) and each candidate's tokens see
+    Part A and their own earlier tokens only, so the scores equal those of the separate rows, from one shorter
+    forward. Padding columns (`pad_id`, position 0) are seen by nothing.
+
+    Args:
+        rows: `build_cloze_inputs`' output for ONE example (every row has the same Part A).
+        pad_to: pad the row to this length (default: no padding), e.g. to stack examples into a batch.
+        num_choices: width of `choice_mask` (default: the number of candidates), to stack examples with fewer.
+        pad_id: the token of padding columns (no column sees them, so any id gives the same scores).
+
+    Returns:
+        `input_ids`, `position_ids`, `block_position_ids`, `target_ids` (-100 where nothing is scored),
+        `choice_ids` (the candidate of each scored column, -1 elsewhere), each `[L]`; `attention_mask` `[1, L, L]`
+        bool; `choice_mask` `[num_choices]` (1 for a real candidate). Stack them per batch; pad `attention_mask`
+        with False, `target_ids` with -100, `choice_ids` with -1 and `choice_mask` with 0.
+    """
+    needed = ("input_ids", "position_ids", "block_position_ids", "prefix_length", "labels")
+    missing = [key for key in needed if key not in rows]
+    if missing:
+        raise ValueError(f"rows lacks {', '.join(missing)}: pass the dict build_cloze_inputs returns.")
+    input_ids, labels, prefix = rows["input_ids"], rows["labels"], rows["prefix_length"]
+    if input_ids.dim() != 2 or labels.shape != input_ids.shape:
+        raise ValueError(
+            f"rows must hold one example: input_ids and labels of shape [candidates, T], got "
+            f"{tuple(input_ids.shape)} and {tuple(labels.shape)}."
+        )
+    num_candidates = input_ids.shape[0]
+    part_a = int(prefix.reshape(-1)[0])
+    same_part_a = all(
+        bool((rows[key][:, :part_a] == rows[key][:1, :part_a]).all())
+        for key in ("input_ids", "position_ids", "block_position_ids")
+    )
+    if not bool((prefix.reshape(-1) == part_a).all()) or not same_part_a:
+        raise ValueError("The candidate rows do not share one Part A: pack the rows of one example at a time.")
+    if "attention_mask" in rows:
+        lengths = rows["attention_mask"].long().sum(-1)
+    else:  # every Part B column has a target
+        lengths = part_a + (labels != IGNORE_INDEX).long().sum(-1)
+    num_choices = num_candidates if num_choices is None else num_choices
+    if num_choices < num_candidates:
+        raise ValueError(f"num_choices={num_choices} is smaller than the {num_candidates} candidates.")
+
+    spans: list[tuple[int, int]] = []  # each candidate's (start, end) in the packed row
+    end = part_a
+    for length in lengths.tolist():
+        spans.append((end, end + length - part_a))
+        end += length - part_a
+    width = end if pad_to is None else pad_to
+    if width < end:
+        raise ValueError(f"pad_to={pad_to} is shorter than the packed row ({end} tokens).")
+
+    packed = {
+        "input_ids": torch.full((width,), pad_id, dtype=torch.long),
+        "position_ids": torch.zeros(width, dtype=torch.long),
+        "block_position_ids": torch.zeros(width, dtype=torch.long),
+        "target_ids": torch.full((width,), IGNORE_INDEX, dtype=torch.long),
+        "choice_ids": torch.full((width,), -1, dtype=torch.long),
+    }
+    for key in ("input_ids", "position_ids", "block_position_ids"):
+        packed[key][:part_a] = rows[key][0, :part_a]
+    packed["target_ids"][:part_a] = labels[0, :part_a]
+    attention_mask = torch.zeros(width, width, dtype=torch.bool)
+    attention_mask[:end, :part_a] = True  # every token sees Part A
+    for candidate, (start, stop) in enumerate(spans):
+        source = slice(part_a, part_a + stop - start)
+        for key in ("input_ids", "position_ids", "block_position_ids"):
+            packed[key][start:stop] = rows[key][candidate, source]
+        packed["target_ids"][start:stop] = labels[candidate, source]
+        packed["choice_ids"][start:stop] = torch.where(labels[candidate, source] != IGNORE_INDEX, candidate, -1)
+        attention_mask[start:stop, start:stop] = torch.ones(stop - start, stop - start, dtype=torch.bool).tril()
+    packed["attention_mask"] = attention_mask[None]
+    packed["choice_mask"] = (torch.arange(num_choices) < num_candidates).long()
+    return packed
+
+
+__all__ = ["build_cloze_inputs", "pack_cloze_candidates", "score_candidates"]

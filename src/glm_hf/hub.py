@@ -49,6 +49,8 @@ CONFIG_AUTO_MAP = {
     "AutoModel": "modeling_glm.GLMModel",
     "AutoModelForSeq2SeqLM": "modeling_glm.GLMForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_glm.GLMForConditionalGeneration",
+    "AutoModelForMultipleChoice": "modeling_glm.GLMForMultipleChoice",
+    "AutoModelForSequenceClassification": "modeling_glm.GLMForSequenceClassification",
 }
 TOKENIZER_AUTO_MAP = {"AutoTokenizer": [None, "tokenization_glm.GLMTokenizerFast"]}
 
@@ -317,7 +319,8 @@ def _aliases(names: Sequence[ast.alias]) -> str:
 def export_remote_code(folder: str | os.PathLike[str]) -> list[str]:
     """Write the remote-code files into a converted `folder` and point `auto_map` at them; returns the files written.
 
-    `config.json` gets `auto_map` for AutoConfig, AutoModel, AutoModelForSeq2SeqLM and AutoModelForCausalLM;
+    `config.json` gets `auto_map` for AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoModelForCausalLM and the
+    task heads' AutoModelForMultipleChoice / AutoModelForSequenceClassification;
     `tokenizer_config.json`, when the folder has one, for AutoTokenizer.
     """
     folder = Path(folder)

@@ -97,6 +97,9 @@ PRESETS: dict[str, tuple[int, int, int, int, int, str]] = {
     "glm-10b-chinese": (48, 4096, 64, 50048, 1024, "chinese-sp-10b"),
 }
 
+# Tokens `GLMForSequenceClassification` can pool, as the original's `--pool-token` choices.
+CLASSIFIER_POOLS = ("cls", "start", "pad")
+
 
 @strict
 class GLMConfig(PreTrainedConfig):
@@ -118,6 +121,11 @@ class GLMConfig(PreTrainedConfig):
         initializer_range: std of the normal initialisation (output projections are scaled by 1/sqrt(2 layers)).
         tie_word_embeddings: the LM head reuses the word embedding, as in the original.
         *_token_id: special tokens of the tokenizer family (`None` where the family lacks one).
+        cloze_length_penalty: `GLMForMultipleChoice` divides a multi-token candidate's summed log-probability by
+            (number of target tokens) ** penalty; 0 keeps the sum (the original's `--length-penalty`, 1 for WSC).
+        classifier_pool: the token `GLMForSequenceClassification` pools, as the original's `--pool-token`: "cls"
+            (column 0), "start" (the first column after Part A) or "pad" (the last column of Part A, its [eos]).
+        classifier_dropout: dropout before the classifier's last layer; `None` means `hidden_dropout_prob`.
     """
 
     model_type = "glm_blocklm"
@@ -149,6 +157,9 @@ class GLMConfig(PreTrainedConfig):
     cls_token_id: int | None = 101
     sep_token_id: int | None = 102
     unk_token_id: int | None = 100
+    cloze_length_penalty: float = 0.0
+    classifier_pool: str = "cls"
+    classifier_dropout: float | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.intermediate_size is None:
@@ -161,6 +172,13 @@ class GLMConfig(PreTrainedConfig):
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
                 f"({self.num_attention_heads})."
+            )
+
+    def validate_classifier_pool(self) -> None:
+        """Reject a pooling token the classification head does not know."""
+        if self.classifier_pool not in CLASSIFIER_POOLS:
+            raise ValueError(
+                f"classifier_pool={self.classifier_pool!r} is not one of {', '.join(map(repr, CLASSIFIER_POOLS))}."
             )
 
     @property
@@ -185,4 +203,4 @@ class GLMConfig(PreTrainedConfig):
         return cls(**values)
 
 
-__all__ = ["FAMILY_TOKEN_IDS", "GLMConfig", "PRESETS"]
+__all__ = ["CLASSIFIER_POOLS", "FAMILY_TOKEN_IDS", "GLMConfig", "PRESETS"]
