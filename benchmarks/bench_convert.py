@@ -8,7 +8,7 @@ layers as fit), then converts it twice, each in a fresh subprocess whose peak RS
 - baseline: the obvious script, `torch.load` everything into RAM, rename, `safetensors.torch.save_file`.
 
 Usage:
-    PYTHONPATH=src python benchmarks/bench_convert.py --size-gb 2 [--mp 1] [--workdir /tmp/glm-bench]
+    PYTHONPATH=src python benchmarks/bench_convert.py --size-gb 0.5 2 [--mp 1] [--workdir /tmp/glm-bench] [--output]
 
 Prints each peak RSS (as the job itself reads it: VmHWM in /proc/self/status), its ratio to the checkpoint size,
 the same above the RSS of an interpreter that only imports torch, transformers and glm_hf, and baseline / glm-hf.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import RESULTS, machine_lines, markdown_table, update_section
 
 from glm_hf.conversion.merge import split_partitions
 
@@ -132,36 +132,69 @@ def peak_rss_of(job: str, source: Path, output: Path) -> tuple[int, float]:
     return int(result.stdout.split()[-1]), time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--size-gb", type=float, nargs="+", default=[2.0], help="checkpoint size(s) to convert")
     parser.add_argument("--mp", type=int, default=2, help="model-parallel shards of the synthetic checkpoint")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temporary folder)")
     parser.add_argument("--skip-baseline", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--output", type=Path, nargs="?", const=RESULTS, help=f"update this section of {RESULTS.name}")
+    args = parser.parse_args(argv)
 
-    workdir = Path(tempfile.mkdtemp(prefix="glm-bench-convert-", dir=args.workdir))
-    try:
-        size = write_checkpoint(workdir / "original", args.size_gb, args.mp)
-        print(f"machine: {platform.platform()}, {platform.machine()}; torch {torch.__version__}")
-        print(f"checkpoint: {size / 1e9:.2f} GB fp16 in {args.mp} shard(s) (glm-2b width)")
-        interpreter, _ = peak_rss_of(IMPORT_ONLY_JOB, workdir / "original", workdir / "unused")
-        print(f"interpreter with torch + transformers + glm_hf imported: {interpreter / 1e9:.2f} GB")
-        results = {}
-        jobs = {"glm-hf": GLM_HF_JOB} if args.skip_baseline else {"glm-hf": GLM_HF_JOB, "baseline": BASELINE_JOB}
-        for name, job in jobs.items():
-            peak, seconds = peak_rss_of(job, workdir / "original", workdir / name)
-            results[name] = peak
-            print(
-                f"{name}: peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint size "
-                f"({(peak - interpreter) / size:.2f} x above the interpreter), {seconds:.1f} s"
+    header = machine_lines("cpu")[:2]
+    for line in header:
+        print(line)
+    rows = []
+    jobs = {"glm-hf": GLM_HF_JOB} if args.skip_baseline else {"glm-hf": GLM_HF_JOB, "baseline": BASELINE_JOB}
+    for size_gb in args.size_gb:
+        workdir = Path(tempfile.mkdtemp(prefix="glm-bench-convert-", dir=args.workdir))
+        try:
+            size = write_checkpoint(workdir / "original", size_gb, args.mp)
+            print(f"checkpoint: {size / 1e9:.2f} GB fp16 in {args.mp} shard(s) (glm-2b width)")
+            interpreter, _ = peak_rss_of(IMPORT_ONLY_JOB, workdir / "original", workdir / "unused")
+            print(f"interpreter with torch + transformers + glm_hf imported: {interpreter / 1e9:.2f} GB")
+            results = {}
+            for name, job in jobs.items():
+                peak, seconds = peak_rss_of(job, workdir / "original", workdir / name)
+                results[name] = peak
+                print(
+                    f"{name}: peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint size "
+                    f"({(peak - interpreter) / size:.2f} x above the interpreter), {seconds:.1f} s"
+                )
+                shutil.rmtree(workdir / name)
+                label = "`glm-hf convert`" if name == "glm-hf" else "baseline: `torch.load` all, merge, `save_file`"
+                rows.append(
+                    [
+                        f"{size / 1e9:.2f}",
+                        label,
+                        f"{peak / 1e9:.2f}",
+                        f"**{peak / size:.2f}x**" if name == "glm-hf" else f"{peak / size:.2f}x",
+                        f"{(peak - interpreter) / size:.2f}x",
+                        f"{seconds:.1f}",
+                    ]
+                )
+            if "baseline" in results:
+                print(f"baseline / glm-hf peak RSS: {results['baseline'] / results['glm-hf']:.2f} x")
+            print(json.dumps({name: round(peak / size, 3) for name, peak in results.items()}))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    if args.output:
+        command = "python benchmarks/bench_convert.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        body = (
+            f"`{command.strip()}`\n\n"
+            + "\n".join(f"- {line}" for line in header)
+            + f"\n\nSynthetic fp16 checkpoints of glm-2b's width in the released layout, {args.mp} model-parallel "
+            "shard(s) with the numpy RNG state, each converted in a fresh process; peak RSS is the process's VmHWM. "
+            f"The last column subtracts the peak of an interpreter that only imports torch, transformers and glm_hf "
+            f"({interpreter / 1e9:.2f} GB).\n\n"
+            + markdown_table(
+                ["checkpoint GB", "converter", "peak RSS GB", "/ checkpoint size", "above the interpreter", "seconds"],
+                rows,
             )
-            shutil.rmtree(workdir / name)
-        if "baseline" in results:
-            print(f"baseline / glm-hf peak RSS: {results['baseline'] / results['glm-hf']:.2f} x")
-        print(json.dumps({name: round(peak / size, 3) for name, peak in results.items()}))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        )
+        update_section(args.output, "Converter peak memory", body)
+        print(f"results written to {args.output}")
 
 
 if __name__ == "__main__":

@@ -7,20 +7,26 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMultipleChoice,
     AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
 )
 
-from .cloze import build_cloze_inputs, score_candidates
+from .blank_infilling import DataCollatorForBlankInfilling, pack_documents, read_corpus
+from .cloze import build_cloze_inputs, pack_cloze_candidates, score_candidates
 from .infilling import InfillingResult, build_generation_inputs, fill_blanks
 from .modeling import (
     FAMILY_TOKEN_IDS,
     PRESETS,
     GLMConfig,
     GLMForConditionalGeneration,
+    GLMForMultipleChoice,
+    GLMForSequenceClassification,
     GLMModel,
     GLMPreTrainedModel,
     build_glm_attention_mask,
 )
+from .peft_integration import register_glm_with_peft
 from .pipeline import TextInfillingPipeline, register_pipeline
 from .tokenization_glm import TOKENIZER_FAMILIES, GLMTokenizerFast, build_tokenizer, register_auto_classes
 
@@ -30,15 +36,22 @@ AutoConfig.register(GLMConfig.model_type, GLMConfig, exist_ok=True)
 AutoModel.register(GLMConfig, GLMModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(GLMConfig, GLMForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(GLMConfig, GLMForConditionalGeneration, exist_ok=True)
+AutoModelForMultipleChoice.register(GLMConfig, GLMForMultipleChoice, exist_ok=True)
+AutoModelForSequenceClassification.register(GLMConfig, GLMForSequenceClassification, exist_ok=True)
 register_auto_classes()
 register_pipeline()
+register_glm_with_peft()  # default LoRA targets and GLM positions under prompt learning, when peft is installed
 
 __all__ = [
+    "DataCollatorForBlankInfilling",
+    "pack_documents",
+    "read_corpus",
     "FAMILY_TOKEN_IDS",
     "TOKENIZER_FAMILIES",
     "GLMTokenizerFast",
     "build_tokenizer",
     "build_cloze_inputs",
+    "pack_cloze_candidates",
     "score_candidates",
     "InfillingResult",
     "TextInfillingPipeline",
@@ -48,6 +61,8 @@ __all__ = [
     "PRESETS",
     "GLMConfig",
     "GLMForConditionalGeneration",
+    "GLMForMultipleChoice",
+    "GLMForSequenceClassification",
     "GLMModel",
     "GLMPreTrainedModel",
     "build_glm_attention_mask",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,11 @@ from pathlib import Path
 def _demo(args: argparse.Namespace) -> None:
     from .demo import print_report, run_demo
 
-    print_report(run_demo(output=args.output, seed=args.seed, max_new_tokens=args.max_new_tokens))
+    report = run_demo(output=args.output, max_new_tokens=args.max_new_tokens)
+    print_report(report)
+    if args.output is None:  # a temporary folder: do not leave two model copies behind on every run
+        shutil.rmtree(report.folder, ignore_errors=True)
+        print(f"removed {report.folder}; pass --output DIR to keep the two model folders")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -64,13 +69,43 @@ def _infill(args: argparse.Namespace) -> None:
     run_infill(args)
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from .pretraining import main as pretrain_main
+
+    pretrain_main(args.rest)
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from .superglue.training import main as finetune_main
+
+    finetune_main(args.rest, prog="glm-hf finetune")
+
+
+def _show_batch(args: argparse.Namespace) -> None:
+    from .visualize import load_tokenizer, show_batch
+
+    figure = show_batch(
+        args.texts,
+        args.output,
+        tokenizer=load_tokenizer(args.tokenizer, args.vocab_dir),
+        input_path=args.input,
+        objective=args.objective,
+        seed=args.seed,
+        max_length=args.max_length,
+        task_mask=args.task_mask,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {figure.path}: {len(figure.tokens)} tokens, Part A {figure.prefix_length}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-hf", description="The original GLM in transformers.")
     jobs = parser.add_subparsers(dest="job", required=True)
 
-    demo = jobs.add_parser("demo", help="build a tiny GLM, save, reload through the Auto classes and fill a blank")
-    demo.add_argument("--output", type=Path, default=None, help="new or empty folder to keep the model in")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = jobs.add_parser(
+        "demo", help="the embedded default GLM: export to the original layout, convert back, compare, fill blanks"
+    )
+    demo.add_argument("--output", type=Path, default=None, help="new or empty folder to keep the model folders in")
     demo.add_argument("--max-new-tokens", type=int, default=8)
     demo.set_defaults(run=_demo)
 
@@ -137,13 +172,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remote.add_argument("folder", type=Path)
     remote.set_defaults(run=_export_remote_code)
+
+    pretrain = jobs.add_parser(
+        "pretrain",
+        add_help=False,
+        help="train a GLM with the blank-infilling objective on .txt/.jsonl files (Trainer; `pretrain --help`)",
+    )
+    pretrain.set_defaults(run=_pretrain)
+
+    finetune = jobs.add_parser(
+        "finetune",
+        add_help=False,
+        help="fine-tune on a SuperGLUE task with cloze questions (Trainer; `finetune --help`)",
+    )
+    finetune.set_defaults(run=_finetune)
+
+    show = jobs.add_parser(
+        "show-batch", help="draw one blank-infilling training example (tokens, 2D positions, attention mask) as PNG"
+    )
+    show.add_argument("texts", nargs="*", help="documents (default: --input, else a built-in paragraph)")
+    show.add_argument("--input", type=Path, default=None, help=".txt (a document per line) or .jsonl ({'text': ...})")
+    show.add_argument("--output", type=Path, required=True, help=".png file to write")
+    show.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    show.add_argument("--objective", choices=["span", "sentence", "document"], default="span")
+    show.add_argument("--seed", type=int, default=0, help="the collator's seed")
+    show.add_argument("--max-length", type=int, default=64, help="tokens per packed sample")
+    show.add_argument("--task-mask", action="store_true", help="[sMASK]/[gMASK] for the sentence/document objectives")
+    show.add_argument("--tokenizer", default=None, metavar="FAMILY", help="tokenizer family, with --vocab-dir")
+    show.add_argument(
+        "--vocab-dir", type=Path, default=None, help="vocabulary files, or a saved tokenizer (default: the model's)"
+    )
+    show.set_defaults(run=_show_batch)
     return parser
+
+
+# Jobs whose options are parsed by the library (transformers' `HfArgumentParser` with `TrainingArguments`): the
+# console script hands them every argument after the job's name, `--help` included.
+PASS_THROUGH_JOBS = {"pretrain", "finetune"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.job not in PASS_THROUGH_JOBS and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.argv = argv
+    args.rest = rest
     try:
         args.run(args)
     except (OSError, KeyError, ValueError) as error:  # user errors; their messages say what to change

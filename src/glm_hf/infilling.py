@@ -4,7 +4,9 @@ A prompt is `[CLS] text [eos]` (no [eos] after a trailing [gMASK]); a text witho
 (or ` [MASK]` for vocabularies without task masks) appended, with a warning. Every blank is filled left to right:
 for blank k, [sop] takes the mask's position and block position 1, new tokens keep that position and count block
 positions up, and everything filled before (context and earlier spans) is visible. The context is encoded once per
-batch; each blank runs `generate()` on the cache, and the chosen span is appended to the cache with one forward.
+batch, into a static cache sized for every blank; each blank runs `generate()` on that cache, which keeps the chosen
+span's columns for the later blanks (only a span as long as the generation needs one more forward, for its last
+token). Beam search works on a copy of a dynamic cache and appends the chosen span with one forward.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 
 from .modeling.configuration_glm import GLMConfig
 from .modeling.modeling_glm import GLMForConditionalGeneration
@@ -189,11 +192,15 @@ def fill_blanks(
         "block_position_ids": torch.zeros_like(input_ids),
     }
     sequence = {name: tensor.to(device) for name, tensor in sequence.items()}
-    cache = model(**sequence, prefix_length=context_length, use_cache=True).past_key_values
+    num_beams = generation_config.num_beams or 1
+    num_blanks = max(len(positions) for positions in blanks)
+    cache = _blank_cache(
+        model, generation_config, context_length + num_blanks * (generation_config.max_new_tokens + 1)
+    )
+    model(**sequence, prefix_length=context_length, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
     spans: list[list[list[int]]] = [[] for _ in texts]
-    num_beams = generation_config.num_beams or 1
-    for blank in range(max(len(positions) for positions in blanks)):
+    for blank in range(num_blanks):
         active = [blank < len(positions) for positions in blanks]
         mask_positions = torch.tensor(
             [positions[blank] if blank < len(positions) else 0 for positions in blanks], device=device
@@ -209,25 +216,30 @@ def fill_blanks(
             past_key_values=generation_cache,
             generation_config=generation_config,
         )
-        if generation_cache is cache:  # drop what generate() appended; the chosen span is appended below
-            cache.crop(sequence["input_ids"].shape[1] - cache.get_seq_length())
-        new_tokens = output[:, sequence["input_ids"].shape[1] + 1 :].tolist()
+        length = sequence["input_ids"].shape[1]
+        new_tokens = output[:, length + 1 :].tolist()
         chosen = [_first_span(tokens, end_ids) if active[row] else [] for row, tokens in enumerate(new_tokens)]
         for row, tokens in enumerate(chosen):
             if active[row]:
                 spans[row].append(tokens)
-        # [sop] + span of every text joins the cache and the sequence: later blanks see it.
-        part_b = _part_b_columns(
-            [[config.sop_token_id, *tokens] for tokens in chosen], mask_positions, config.pad_token_id
-        )
+        if blank == num_blanks - 1:
+            break  # no later blank reads this one
+        # [sop] + span of every text joins the cache and the sequence: later blanks see it. generate() left [sop]
+        # and every token it fed back (all but the last) in the cache, at these positions: they stay (the columns
+        # past a row's span are masked out), and only a span as long as the generation needs a forward, for its
+        # last token. Beam search worked on a copy: its spans are all computed here.
+        reused = int(cache.get_seq_length()) - length if generation_cache is cache else 0
+        rows = [[config.sop_token_id, *tokens] for tokens in chosen]
+        part_b = _part_b_columns(rows, mask_positions, config.pad_token_id, width=max(reused, *map(len, rows)))
         sequence = _append(sequence, part_b)
-        model(
-            **{name: tensor for name, tensor in part_b.items() if name != "attention_mask"},
-            attention_mask=sequence["attention_mask"],
-            prefix_length=context_length,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        if reused < part_b["input_ids"].shape[1]:
+            model(
+                **{name: tensor[:, reused:] for name, tensor in part_b.items() if name != "attention_mask"},
+                attention_mask=sequence["attention_mask"],
+                prefix_length=context_length,
+                past_key_values=cache,
+                use_cache=True,
+            )
 
     return [_fill_text(tokenizer, prompt, text_spans) for prompt, text_spans in zip(prompts, spans, strict=True)]
 
@@ -239,11 +251,25 @@ def _fill_text(tokenizer: PreTrainedTokenizerBase, prompt: str, spans: list[list
     return InfillingResult(text=MASK_TEXT.sub(lambda _: next(pieces), prompt), spans=decoded)
 
 
-def _part_b_columns(rows: list[list[int]], mask_positions: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
-    """One Part B block per row: its tokens right-padded (padding masked out), at its mask's position, block
-    positions 1..n. Rows without this blank have no later blank either, so what they add is never read."""
+def _blank_cache(model: GLMForConditionalGeneration, generation_config: GenerationConfig, length: int) -> Cache:
+    """The cache the blanks are filled on: a static cache of `length` columns (decode steps write into it instead
+    of copying the whole growing cache at every token), not compiled (each call has its own size); beam search,
+    which reorders and copies its cache, gets a dynamic one."""
+    if (generation_config.num_beams or 1) > 1:
+        return DynamicCache(config=model.config)
+    if generation_config.compile_config is None:
+        generation_config.disable_compile = True
+    return StaticCache(config=model.config, max_cache_len=length)
+
+
+def _part_b_columns(
+    rows: list[list[int]], mask_positions: torch.Tensor, pad_id: int, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """One Part B block per row: its tokens right-padded to `width` (default: the longest row) and masked out, at
+    its mask's position, block positions 1..width. Rows without this blank have no later blank either, so what
+    they add is never read."""
     device = mask_positions.device
-    width = max(len(row) for row in rows)
+    width = width or max(len(row) for row in rows)
     real = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
     return {
         "input_ids": torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device),

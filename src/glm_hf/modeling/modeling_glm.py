@@ -19,8 +19,13 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MultipleChoiceModelOutput,
+    SequenceClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.utils import logging
 
 from .configuration_glm import GLMConfig
@@ -113,6 +118,83 @@ def default_position_ids(
         return cache_position.unsqueeze(0).expand(batch_size, -1)
     counted = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     return counted[:, -cache_position.shape[0] :]  # the mask covers cached + new columns; keep the new ones
+
+
+def split_stacked_positions(
+    position_ids: torch.Tensor | None, block_position_ids: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The original's stacked `[B, 2, T]` position ids as `(position_ids, block_position_ids)`, each `[B, T]`; other
+    forms pass through."""
+    if position_ids is None or position_ids.dim() != 3:
+        return position_ids, block_position_ids
+    if block_position_ids is not None:
+        raise ValueError("Pass block_position_ids either inside a [B, 2, T] position_ids or alone, not both.")
+    return position_ids[:, 0], position_ids[:, 1]
+
+
+def shift_positions_for_virtual_tokens(
+    num_virtual_tokens: int,
+    position_ids: torch.Tensor | None,
+    block_position_ids: torch.Tensor | None,
+    prefix_length: int | torch.Tensor | None,
+    prepend: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int | torch.Tensor | None]:
+    """GLM positions of an input behind n virtual (soft-prompt) columns: prompt tuning, P-Tuning, prefix tuning.
+
+    The virtual columns sit in Part A at positions 0..n-1 with block position 0, so the real tokens' positions and
+    `prefix_length` move by n and their block positions stay (a Part B token's position is its mask's index + n).
+    `prepend=True`: the virtual embeddings are prepended to this input, so the `[B, T]` ids (or the stacked
+    `[B, 2, T]` form) also get the n virtual columns in front. `prepend=False`: the virtual columns are already in
+    the cache (prefix tuning, or decoding after the prompt), so the ids only shift. `None` stays `None` (the defaults
+    already count the virtual columns).
+    """
+    n = num_virtual_tokens
+    if position_ids is not None and position_ids.dim() == 3 and block_position_ids is not None:
+        # `GLMForMultipleChoice`'s one-row-per-candidate ids `[B, C, T]` (the stacked form never comes with block ids)
+        if prepend:
+            raise ValueError(
+                "Soft-prompt embeddings cannot be prepended to one-row-per-candidate inputs [batch, choices, length]; "
+                "use prefix tuning or LoRA for multi-token candidates, or single-token verbalizers."
+            )
+        prefix_length = prefix_length + n if prefix_length is not None else None
+        return position_ids + n, block_position_ids, prefix_length
+    position_ids, block_position_ids = split_stacked_positions(position_ids, block_position_ids)
+    if position_ids is not None:
+        position_ids = position_ids + n
+        if prepend:
+            virtual = torch.arange(n, device=position_ids.device, dtype=position_ids.dtype)
+            position_ids = torch.cat([virtual.expand(position_ids.shape[0], -1), position_ids], dim=-1)
+    if block_position_ids is not None and prepend:
+        block_position_ids = nn.functional.pad(block_position_ids, (n, 0), value=0)
+    if prefix_length is not None:
+        prefix_length = prefix_length + n
+    return position_ids, block_position_ids, prefix_length
+
+
+def align_positions_to_input(
+    position_ids: torch.Tensor | None,
+    block_position_ids: torch.Tensor | None,
+    prefix_length: int | torch.Tensor | None,
+    query_length: int,
+    past_length: int,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int | torch.Tensor | None]:
+    """Position ids shorter than a first-pass input by n: n soft-prompt embeddings were prepended to
+    `inputs_embeds` (by hand, or by PEFT's prompt tuning, which passes our kwargs on unchanged). The given ids and
+    `prefix_length` describe the real tokens; the n leading columns join Part A (`shift_positions_for_virtual_tokens`).
+    """
+    lengths = {ids.shape[-1] for ids in (position_ids, block_position_ids) if ids is not None}
+    if not lengths or lengths == {query_length}:
+        return position_ids, block_position_ids, prefix_length
+    if len(lengths) > 1 or past_length > 0 or max(lengths) > query_length:
+        raise ValueError(
+            f"position_ids / block_position_ids cover {sorted(lengths)} columns but the input has {query_length} new "
+            f"columns ({past_length} cached). Pass one position per new column; only a first pass may give fewer, "
+            "when soft-prompt embeddings were prepended to inputs_embeds (the ids then describe the real tokens)."
+        )
+    num_virtual_tokens = query_length - lengths.pop()
+    return shift_positions_for_virtual_tokens(
+        num_virtual_tokens, position_ids, block_position_ids, prefix_length, prepend=True
+    )
 
 
 class GLMPositionEmbeddings(nn.Module):
@@ -291,17 +373,22 @@ class GLMModel(GLMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache_position: torch.LongTensor | None = None,
+        positions_checked: bool = False,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
         r"""
         position_ids / block_position_ids: [B, T]; `position_ids` may also be the original stacked [B, 2, T].
             Default: positions count the real tokens of a 2-D padding mask (so left padding does not shift them),
-            else continue the cache (0..T-1 on a first pass); block positions 0.
+            else continue the cache (0..T-1 on a first pass); block positions 0. On a first pass they may be
+            shorter than the input by n: n soft-prompt embeddings lead `inputs_embeds`, sit in Part A at positions
+            0..n-1 (block 0), and the given ids and `prefix_length` (real tokens) move by n.
         attention_mask: [B, past + T] padding mask (1 = token), or an explicit [B, 1, T, past + T] mask, bool
             (True = attend) or additive float (0 = attend), that replaces GLM's mask.
         prefix_length: int or [B]: leading columns (Part A, left padding included) visible to every query, counted
             from the start of the cached sequence; later columns are causal. Default: the whole input on a first
             pass (bidirectional); with a cache, every cached column (new tokens are causal among themselves).
+        positions_checked: the caller (`generate()`) has already checked that every position id fits the position
+            tables; skips the per-call check, which costs a host-device sync.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -322,13 +409,24 @@ class GLMModel(GLMPreTrainedModel):
 
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
+        if self.gradient_checkpointing and self.training and past_key_values is not None:
+            raise ValueError(
+                "Gradient checkpointing recomputes every layer without its KV cache (transformers drops it), so a "
+                "given past_key_values (such as PEFT prefix tuning's prefix) cannot be trained through it. Disable "
+                "gradient checkpointing, or use prompt tuning, P-Tuning or LoRA."
+            )
+        # A static cache's length is a 0-dim device tensor: added on the device (no host sync; compile traces it).
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         if cache_position is None:
-            cache_position = torch.arange(past_length, past_length + query_length, device=device)
+            cache_position = torch.arange(query_length, device=device) + past_length
+        position_ids, block_position_ids, prefix_length = align_positions_to_input(
+            position_ids, block_position_ids, prefix_length, query_length, past_length
+        )
         position_ids, block_position_ids = self._resolve_positions(
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
-        self._check_position_range(position_ids, block_position_ids, past_length + query_length)
+        if not positions_checked:
+            self._check_position_range(position_ids, block_position_ids, past_length + query_length)
         hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
         hidden_states = self.embedding_dropout(hidden_states)
 
@@ -349,7 +447,7 @@ class GLMModel(GLMPreTrainedModel):
             hidden_states, attn_weights = layer(
                 hidden_states,
                 attention_mask=mask,
-                past_key_values=past_key_values if use_cache else None,
+                past_key_values=past_key_values,  # a given cache is read (and extended) even with use_cache=False
                 **kwargs,
             )
             if all_attentions is not None:
@@ -376,10 +474,7 @@ class GLMModel(GLMPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Split the original stacked [B, 2, T] form and fill in the defaults (positions count real tokens, so
         left padding does not shift them)."""
-        if position_ids is not None and position_ids.dim() == 3:
-            if block_position_ids is not None:
-                raise ValueError("Pass block_position_ids either inside a [B, 2, T] position_ids or alone, not both.")
-            position_ids, block_position_ids = position_ids[:, 0], position_ids[:, 1]
+        position_ids, block_position_ids = split_stacked_positions(position_ids, block_position_ids)
         if position_ids is None:
             position_ids = default_position_ids(cache_position, batch_size, attention_mask)
         if self.embed_positions.block_position_embeddings is None:
@@ -392,7 +487,8 @@ class GLMModel(GLMPreTrainedModel):
     def _check_position_range(
         self, position_ids: torch.Tensor, block_position_ids: torch.Tensor | None, sequence_length: int
     ) -> None:
-        """A clear error instead of an index error when an id is past the position tables (one host sync)."""
+        """A clear error instead of an index error when an id is past the position tables (one host sync; generate()
+        checks its whole run once up front instead, see `_generation_positions_fit`)."""
         if torch.compiler.is_compiling():
             return
         ids = position_ids if block_position_ids is None else torch.stack([position_ids, block_position_ids])
@@ -401,7 +497,7 @@ class GLMModel(GLMPreTrainedModel):
             raise ValueError(
                 f"Position id {largest} is past the {self.config.max_position_embeddings} rows of the position "
                 f"tables (max_position_embeddings={self.config.max_position_embeddings}); the input has "
-                f"{sequence_length} tokens (cached + new). Shorten it."
+                f"{int(sequence_length)} tokens (cached + new). Shorten it."
             )
 
     def _build_mask(
@@ -412,22 +508,30 @@ class GLMModel(GLMPreTrainedModel):
         past_key_values: Cache | None,
         batch_size: int,
         query_length: int,
-        past_length: int,
+        past_length: int | torch.Tensor,
     ) -> torch.Tensor | None:
-        """The boolean [B, 1, T, S] mask every layer uses, or None where every query sees every column."""
-        key_length = past_length + query_length
-        if past_key_values is not None and past_key_values.is_compileable:
-            key_length = past_key_values.get_mask_sizes(query_length, 0)[0]
+        """The boolean [B, 1, T, S] mask every layer uses, or None where every query sees every column.
+
+        `past_length` is a 0-dim device tensor for a static cache, whose S is its fixed size: nothing here reads it
+        back on the host, so decoding on a static cache has no host sync and compiles without graph breaks."""
+        static = past_key_values is not None and past_key_values.is_compileable
+        key_length = past_key_values.get_mask_sizes(query_length, 0)[0] if static else past_length + query_length
         if attention_mask is not None and attention_mask.dim() > 2:
             return explicit_mask_to_bool(attention_mask, query_length, past_length + query_length, key_length)
 
-        if prefix_length is None:
-            prefix_length = past_length if past_length > 0 else query_length
-        if attention_mask is None and query_length == 1 and key_length == past_length + 1:
+        if prefix_length is None:  # every cached column; on a first pass the whole input
+            if torch.is_tensor(past_length):
+                prefix_length = torch.where(past_length > 0, past_length, query_length)
+            else:
+                prefix_length = past_length if past_length > 0 else query_length
+        if attention_mask is None and not static and query_length == 1:
             return None  # a single new token sees every cached column
         if attention_mask is None and not torch.is_tensor(prefix_length) and prefix_length >= key_length:
             return None  # fully bidirectional
-        prefix = torch.as_tensor(prefix_length, device=cache_position.device).reshape(-1).expand(batch_size)
+        if torch.is_tensor(prefix_length):
+            prefix = prefix_length.to(cache_position.device).reshape(-1).expand(batch_size)
+        else:  # filled on the device: a tensor made from a Python int would be a host-to-device copy (a sync)
+            prefix = torch.full((batch_size,), prefix_length, device=cache_position.device)
         if attention_mask is not None and attention_mask.shape[-1] < key_length:
             # A static cache holds more columns than the padding mask covers; the causal rule hides them.
             attention_mask = nn.functional.pad(attention_mask, (0, key_length - attention_mask.shape[-1]), value=1)
@@ -484,12 +588,17 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache_position: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         r"""
         See `GLMModel.forward` for the inputs. `labels` [B, T] are aligned with the inputs (not shifted: GLM's
         Part B targets are already the next tokens); -100 is ignored. The loss is the mean over the kept tokens.
+        logits_to_keep: int n > 0: logits of the last n columns only (`generate()` passes 1, so a long prompt does
+            not cost prompt x vocabulary logits); 0: every column; a 1-D tensor: these columns.
         """
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("labels score every column; leave logits_to_keep at 0 when passing labels.")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.glm(
             input_ids=input_ids,
@@ -506,7 +615,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             cache_position=cache_position,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
 
         loss = None
         if labels is not None:
@@ -537,9 +646,14 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             prompt = kwargs.get("inputs_embeds")
         if prompt is not None:
             batch_size, prompt_length = prompt.shape[:2]
-            position_ids = kwargs.get("position_ids")
-            if position_ids is not None and position_ids.dim() == 3:
-                kwargs["position_ids"], kwargs["block_position_ids"] = position_ids[:, 0], position_ids[:, 1]
+            kwargs["position_ids"], kwargs["block_position_ids"] = split_stacked_positions(
+                kwargs.get("position_ids"), kwargs.get("block_position_ids")
+            )
+            # Soft-prompt embeddings leading `inputs_embeds` with ids of the real tokens: give them the full length
+            # now, so that every decoding step continues from the shifted positions.
+            given = (kwargs.get("position_ids"), kwargs.get("block_position_ids"), kwargs.get("prefix_length"))
+            aligned = align_positions_to_input(*given, query_length=prompt_length, past_length=0)
+            kwargs["position_ids"], kwargs["block_position_ids"], kwargs["prefix_length"] = aligned
             if kwargs.get("position_ids") is None:
                 prompt_columns = torch.arange(prompt_length, device=prompt.device)
                 kwargs["position_ids"] = default_position_ids(prompt_columns, batch_size, kwargs.get("attention_mask"))
@@ -555,12 +669,14 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        """Slice the block positions like transformers slices `position_ids`."""
+        """Slice the block positions like transformers slices `position_ids` (a contiguous copy, so that a compiled
+        decode step sees the same strides at every step and is not recompiled)."""
         model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         block_position_ids = model_inputs.get("block_position_ids")
         position_ids = model_inputs.get("position_ids")
         if block_position_ids is not None and position_ids is not None:
-            model_inputs["block_position_ids"] = block_position_ids[:, -position_ids.shape[-1] :]
+            block_position_ids = block_position_ids[:, -position_ids.shape[-1] :]
+            model_inputs["block_position_ids"] = block_position_ids.clone(memory_format=torch.contiguous_format)
         return model_inputs
 
     def _prepare_attention_mask_for_generation(
@@ -571,8 +687,46 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        """Keep the 2-D padding mask: the model builds GLM's mixed mask itself (also for static caches)."""
+        """Keep the 2-D padding mask: the model builds GLM's mixed mask itself (also for static caches). On a
+        static cache it is padded to the cache's size, so that every decode step has the same input shapes (one
+        compiled graph instead of a recompilation per step); the causal rule hides the columns not yet filled."""
+        cache = kwargs.get("past_key_values")
+        if attention_mask is not None and attention_mask.dim() == 2 and cache is not None and cache.is_compileable:
+            key_length = cache.get_mask_sizes(kwargs["inputs_embeds"].shape[1], 0)[0]
+            if attention_mask.shape[-1] < key_length:
+                attention_mask = nn.functional.pad(attention_mask, (0, key_length - attention_mask.shape[-1]), value=1)
         return attention_mask
+
+    def _prepare_cache_for_generation(
+        self,
+        generation_config: GenerationConfig,
+        model_kwargs: dict[str, Any],
+        generation_mode: Any,
+        batch_size: int,
+        max_cache_length: int,
+    ) -> Any:
+        """The cache as transformers prepares it, and one up-front position check for the whole run (the one place
+        generate() holds both the resolved length and the model inputs): when every id that `max_cache_length`
+        columns can reach fits the position tables, the forward passes skip their per-call check (a host-device
+        sync each); otherwise they keep it and raise the clear error when an id actually goes past."""
+        model_kwargs["positions_checked"] = self._generation_positions_fit(model_kwargs, max_cache_length)
+        return super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+
+    def _generation_positions_fit(self, model_kwargs: dict[str, Any], total_columns: int) -> bool:
+        """Whether the prompt's ids and those of the new columns up to `total_columns` (as
+        `_update_model_kwargs_for_generation` extends them) all fit the position tables; one host sync."""
+        position_ids = model_kwargs.get("position_ids")
+        block_position_ids = model_kwargs.get("block_position_ids")
+        if position_ids is None or position_ids.dim() != 2:
+            return False
+        growth = max(total_columns - position_ids.shape[-1], 0)
+        if block_position_ids is not None:  # new tokens keep the last position and count block positions up
+            largest = [position_ids.max(), block_position_ids.max(), block_position_ids[:, -1].max() + growth]
+        else:  # new tokens count positions up
+            largest = [position_ids.max(), position_ids[:, -1].max() + growth]
+        return int(torch.stack(largest).max()) < self.config.max_position_embeddings
 
     def _update_model_kwargs_for_generation(
         self,
@@ -600,10 +754,375 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         return model_kwargs
 
 
+# ---- task heads ---------------------------------------------------------------------------------------------------
+
+
+def score_cloze_targets(
+    states: torch.Tensor,
+    target_ids: torch.Tensor,
+    candidate_ids: torch.Tensor | None = None,
+    num_candidates: int = 1,
+    length_penalty: float = 0.0,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Summed log-probabilities of the target tokens of each candidate, `[N, num_candidates]` (float32).
+
+    The original `GLMForMultiTokenCloze` score: at every column with a target (`target_ids != -100`), the
+    log-softmax over the vocabulary at that target; summed per candidate and, with `length_penalty > 0`, divided by
+    (number of targets) ** `length_penalty`. The softmax is only taken at the scored columns.
+
+    Args:
+        states: `[N, T, V]` logits, or `[N, T, H]` hidden states with `project` (the LM head), which is then only
+            applied at the scored columns.
+        target_ids: `[N, T]` aligned targets (not shifted), -100 where nothing is scored.
+        candidate_ids: `[N, T]` index (< `num_candidates`) of the candidate each column scores, -1 for none
+            (several candidates packed in one row); `None`: each row is one candidate.
+        num_candidates: candidates per row (the width of the result).
+        length_penalty: the original's `--length-penalty`.
+        project: maps hidden states `[K, H]` to logits `[K, V]`.
+    """
+    scored = target_ids != -100
+    if candidate_ids is None:
+        candidate_ids = torch.zeros_like(target_ids)
+    else:
+        scored = scored & (candidate_ids >= 0)
+        if not torch.compiler.is_compiling() and bool((candidate_ids[scored] >= num_candidates).any()):
+            raise ValueError(
+                f"choice_ids holds a candidate index >= {num_candidates}, the number of candidates (choice_mask "
+                "width); every scored column needs an index below it."
+            )
+    rows, columns = scored.nonzero(as_tuple=True)
+    logits = states[rows, columns]
+    if project is not None:
+        logits = project(logits)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    token_scores = log_probs.gather(-1, target_ids[rows, columns].unsqueeze(-1)).squeeze(-1)
+    slots = rows * num_candidates + candidate_ids[rows, columns]
+    scores = token_scores.new_zeros(target_ids.shape[0] * num_candidates).index_add(0, slots, token_scores)
+    if length_penalty > 0.0:
+        counts = token_scores.new_zeros(scores.shape).index_add(0, slots, torch.ones_like(token_scores))
+        scores = scores / counts.clamp(min=1.0) ** length_penalty
+    return scores.view(target_ids.shape[0], num_candidates)
+
+
+def _flatten_choices(value: Any, batch_size: int, num_choices: int) -> Any:
+    """`[B, C, ...]` -> `[B * C, ...]`; a `[B]` or single prefix length is repeated per candidate."""
+    if not torch.is_tensor(value) or value.dim() == 0:
+        return value
+    if value.shape[:2] == (batch_size, num_choices):
+        return value.reshape(batch_size * num_choices, *value.shape[2:])
+    if value.dim() == 1 and value.shape[0] in (1, batch_size):
+        return value.expand(batch_size).repeat_interleave(num_choices)
+    raise ValueError(
+        f"A multi-token cloze input has shape {tuple(value.shape)}; expected [batch, choices, ...] = "
+        f"[{batch_size}, {num_choices}, ...] like target_ids."
+    )
+
+
+class GLMForMultipleChoice(GLMPreTrainedModel):
+    """Scores candidate answers through GLM's LM head, as the original's cloze heads fine-tune and evaluate them.
+
+    Three input layouts (see `forward`): multi-token candidates one row each (`GLMForMultiTokenCloze`), multi-token
+    candidates packed into one row per example behind a block-diagonal 4-D mask, and single-token verbalizers read
+    at one column (`GLMForSingleTokenCloze`). `logits` are the candidate scores `[B, C]`; the loss is the
+    cross-entropy over them, as the original fine-tuning. The head is the tied LM head, so an LM checkpoint loads
+    with no missing or unexpected key.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "glm.word_embeddings.weight"}
+    accepts_loss_kwargs = False  # the loss is a plain mean over examples
+
+    def __init__(self, config: GLMConfig):
+        super().__init__(config)
+        self.glm = GLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.glm.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.glm.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        block_position_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prefix_length: int | torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        target_ids: torch.LongTensor | None = None,
+        choice_ids: torch.LongTensor | None = None,
+        choice_mask: torch.Tensor | None = None,
+        mask_positions: int | torch.Tensor | None = None,
+        verbalizer_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        length_penalty: float | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> MultipleChoiceModelOutput | tuple:
+        r"""
+        Multi-token cloze (one row per candidate, `glm_hf.build_cloze_inputs` rows stacked per example):
+            input_ids / position_ids / block_position_ids / attention_mask `[B, C, T]`, prefix_length `[B, C]`
+            (or `[B]`, or an int), target_ids `[B, C, T]` (the builder's `labels`: -100 where not scored).
+            Score = summed log-probabilities of the targets / n_targets ** `length_penalty`.
+        Packed (`glm_hf.cloze.pack_cloze_candidates`): one row per example, input_ids etc. `[B, T]`, a boolean
+            block-diagonal attention_mask `[B, 1, T, T]`, target_ids `[B, T]`, choice_ids `[B, T]` (candidate of
+            each scored column, -1 elsewhere). The same scores as the unpacked layout.
+        Single-token cloze: input_ids etc. `[B, T]`, prefix_length `[B]`, mask_positions `[B]` (the column whose
+            logits are read: the [sop] column at the Part A length in the original's inputs), verbalizer_ids
+            `[B, C]` (or `[C]`). Score = raw logit of each verbalizer there (the original's take_softmax=False).
+        choice_mask: `[B, C]`, 0 marks a padding candidate: its score is the most negative float, so it never wins
+            and gets no probability. It also gives C for the packed layout (else `choice_ids.max() + 1`).
+        labels: `[B]` index of the right candidate; the loss is the cross-entropy over the scores.
+        length_penalty: overrides `config.cloze_length_penalty` (the original's `--length-penalty`).
+        past_key_values: cached columns every row attends to, e.g. PEFT prefix tuning's prefix (then
+            `prefix_length` counts them, as in `GLMModel`); one row per example, repeated in place for each
+            candidate in the multi-token layout.
+
+        Returns `MultipleChoiceModelOutput` with `logits` `[B, C]` (float32 scores); `hidden_states` and
+        `attentions` are those of the rows the backbone ran (`B * C` rows in the multi-token layout).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        penalty = self.config.cloze_length_penalty if length_penalty is None else float(length_penalty)
+        backbone = {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "block_position_ids": block_position_ids,
+            "attention_mask": attention_mask,
+            "prefix_length": prefix_length,
+            "past_key_values": past_key_values,
+            "inputs_embeds": inputs_embeds,
+        }
+
+        if verbalizer_ids is not None:  # single-token cloze
+            if mask_positions is None or target_ids is not None or choice_ids is not None:
+                raise ValueError(
+                    "Single-token cloze (verbalizer_ids given) needs mask_positions and takes no target_ids / "
+                    "choice_ids (those are for multi-token candidates)."
+                )
+            outputs = self._backbone(backbone, output_attentions, output_hidden_states, **kwargs)
+            hidden_states = outputs.last_hidden_state
+            batch_size = hidden_states.shape[0]
+            columns = torch.as_tensor(mask_positions, device=hidden_states.device).reshape(-1).expand(batch_size)
+            rows = torch.arange(batch_size, device=hidden_states.device)
+            mask_logits = self.lm_head(hidden_states[rows, columns]).float()  # [B, V]
+            verbalizer_ids = verbalizer_ids.to(mask_logits.device)
+            if verbalizer_ids.dim() == 1:
+                verbalizer_ids = verbalizer_ids.unsqueeze(0).expand(batch_size, -1)
+            scores = mask_logits.gather(-1, verbalizer_ids)
+        elif target_ids is None:
+            raise ValueError(
+                "GLMForMultipleChoice needs target_ids (multi-token candidates: [B, C, T] rows, or packed [B, T] "
+                "rows with choice_ids) or mask_positions + verbalizer_ids (single-token cloze)."
+            )
+        elif choice_ids is not None:  # packed candidates
+            if target_ids.dim() != 2 or choice_ids.shape != target_ids.shape:
+                raise ValueError(
+                    f"Packed candidates need target_ids and choice_ids of the same shape [B, T]; got "
+                    f"{tuple(target_ids.shape)} and {tuple(choice_ids.shape)}."
+                )
+            num_choices = choice_mask.shape[-1] if choice_mask is not None else int(choice_ids.max()) + 1
+            outputs = self._backbone(backbone, output_attentions, output_hidden_states, **kwargs)
+            scores = score_cloze_targets(
+                outputs.last_hidden_state,
+                target_ids.to(outputs.last_hidden_state.device),
+                choice_ids.to(outputs.last_hidden_state.device),
+                num_choices,
+                penalty,
+                project=self.lm_head,
+            )
+        else:  # one row per candidate
+            if target_ids.dim() != 3:
+                raise ValueError(
+                    f"Multi-token candidates need target_ids of shape [B, C, T] (one row per candidate), got "
+                    f"{tuple(target_ids.shape)}; packed rows also need choice_ids."
+                )
+            batch_size, num_choices = target_ids.shape[:2]
+            backbone = {key: _flatten_choices(value, batch_size, num_choices) for key, value in backbone.items()}
+            if past_key_values is not None:
+                past_key_values.batch_repeat_interleave(num_choices)  # [B] -> [B * C], as the rows
+            outputs = self._backbone(backbone, output_attentions, output_hidden_states, **kwargs)
+            hidden_states = outputs.last_hidden_state
+            flat_targets = target_ids.reshape(batch_size * num_choices, -1).to(hidden_states.device)
+            scores = score_cloze_targets(hidden_states, flat_targets, None, 1, penalty, project=self.lm_head)
+            scores = scores.view(batch_size, num_choices)
+
+        if choice_mask is not None:
+            if choice_mask.shape != scores.shape:
+                raise ValueError(
+                    f"choice_mask has shape {tuple(choice_mask.shape)}, but there are {tuple(scores.shape)} "
+                    "(batch, choices) scores."
+                )
+            scores = scores.masked_fill(~choice_mask.to(scores.device).bool(), torch.finfo(scores.dtype).min)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(scores, labels.to(scores.device).reshape(-1))
+
+        output = MultipleChoiceModelOutput(
+            loss=loss, logits=scores, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _backbone(
+        self,
+        inputs: dict[str, Any],
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """One pass of the backbone; returns no cache (scoring needs none)."""
+        return self.glm(
+            **inputs,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+
+
+class GLMClassificationHead(nn.Module):
+    """The original's classifier on a pooled token: Linear(h, h) -> tanh -> dropout -> Linear(h, num_labels).
+
+    `dense` is the original's `pool_layer`, `out_proj` its `multichoice_head`. One module named `classifier` in the
+    model, so that PEFT's sequence-classification task trains all of it (its `modules_to_save`).
+    """
+
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        dropout = config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(torch.tanh(self.dense(pooled))))
+
+
+class GLMForSequenceClassification(GLMPreTrainedModel):
+    """The original `GLMForSequenceClassification`: pool one token, then `GLMClassificationHead`.
+
+    The pooled token is `config.classifier_pool` (the original's `--pool-token`): "cls" reads column 0; "start"
+    reads column `prefix_length` and "pad" column `prefix_length - 1`, where the original reads columns `sep` and
+    `sep - 1` of its `attention_mask` argument (the Part A length, which is also our `prefix_length`). Loss by
+    `config.problem_type`, as transformers' other sequence classifiers (regression, single-label or multi-label).
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: GLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.glm = GLMModel(config)
+        self.classifier = GLMClassificationHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.glm.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.glm.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        block_position_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prefix_length: int | torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        Inputs `[B, T]` as `GLMModel.forward`. prefix_length (int or `[B]`, the original's `sep`) is required by
+        the "start" and "pad" pools. With the original's classification inputs (`[CLS] A [SEP] B [eos]` padded,
+        `sep` = their length), "start" reads the first padding column, which sees all of Part A: leave it
+        unmasked (the original passes no padding mask; the causal rule already hides later padding).
+        past_key_values: cached columns every row attends to, e.g. PEFT prefix tuning's prefix; `prefix_length`
+            then counts them (as in `GLMModel`), and the pooled column is taken in the new input.
+        labels: `[B]` class indices (single-label), `[B, num_labels]` floats (multi-label) or `[B]` floats
+            (regression, `num_labels == 1`), as `config.problem_type` says or is inferred.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0  # before it grows
+        outputs = self.glm(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            block_position_ids=block_position_ids,
+            attention_mask=attention_mask,
+            prefix_length=prefix_length,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+        pooled = hidden_states[rows, self._pool_columns(hidden_states, prefix_length, past_length)]
+        logits = self.classifier(pooled)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config)
+
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _pool_columns(
+        self, hidden_states: torch.Tensor, prefix_length: int | torch.Tensor | None, past_length: int = 0
+    ) -> torch.Tensor:
+        """The column of `hidden_states` each row pools, `[B]`; `prefix_length` counts `past_length` cached columns
+        first (prefix tuning's prefix), which `hidden_states` does not hold."""
+        batch_size, length = hidden_states.shape[:2]
+        pool = self.config.classifier_pool
+        if pool == "cls":
+            return torch.zeros(batch_size, dtype=torch.long, device=hidden_states.device)
+        if prefix_length is None:
+            raise ValueError(
+                f'classifier_pool="{pool}" reads the column at prefix_length{"" if pool == "start" else " - 1"}: '
+                "pass prefix_length (the Part A length, the original's sep)."
+            )
+        prefix = torch.as_tensor(prefix_length, device=hidden_states.device).reshape(-1).expand(batch_size)
+        prefix = prefix - past_length
+        columns = prefix if pool == "start" else prefix - 1
+        if not torch.compiler.is_compiling() and bool(((columns < 0) | (columns >= length)).any()):
+            raise ValueError(
+                f'classifier_pool="{pool}" reads column(s) {columns.tolist()}, outside the {length} input columns: '
+                "pass prefix_length, the Part A length of each row (plus any cached columns)"
+                + (", and pad the inputs so that a column follows Part A." if pool == "start" else ", at least 1.")
+            )
+        return columns
+
+
 __all__ = [
+    "GLMClassificationHead",
     "GLMForConditionalGeneration",
+    "GLMForMultipleChoice",
+    "GLMForSequenceClassification",
     "GLMModel",
     "GLMPreTrainedModel",
     "build_glm_attention_mask",
     "glm_generation_config",
+    "score_cloze_targets",
 ]

@@ -1,0 +1,183 @@
+"""The fast decoding path: no host reads in decode steps, static cache + torch.compile, `logits_to_keep`.
+
+A host read (`int(t)`, `bool(t)`, `.item()`, `.tolist()`, ...) is a device-to-host sync on an accelerator: the
+CPU waits for the GPU at every token. On this CPU-only machine two stand-ins show them: a `TorchFunctionMode` that
+records the Python-level reads, and running the forward on the meta device, where any read of a value (including
+the C++ ones, such as `torch.arange(tensor)`) raises.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from transformers import CompileConfig
+from transformers.cache_utils import DynamicCache, StaticCache
+
+from glm_hf import fill_blanks
+
+from conftest import TINY_TOKEN_IDS, blank_inputs, tiny_model, tiny_word_tokenizer
+
+HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"}
+
+
+class HostReads(TorchFunctionMode):
+    """Records the tensor methods that copy a value to the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def record_host_reads(model: torch.nn.Module, method: str, log: list[tuple[str, list[str]]]) -> None:
+    """Replace `model.<method>` by a wrapper (same signature) that logs the host reads of each call."""
+    original = getattr(model, method)
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with HostReads() as reads:
+            result = original(*args, **kwargs)
+        log.append((method, reads.calls))
+        return result
+
+    setattr(model, method, wrapper)
+
+
+def left_padded_prompts() -> dict[str, torch.Tensor]:
+    """Two `[CLS] text [MASK] text [eos] [sop]` prompts of different lengths, the shorter one left-padded."""
+    inputs = blank_inputs(batch_size=2, part_a=9, part_b=1)
+    inputs["input_ids"][0, :3] = TINY_TOKEN_IDS["pad_token_id"]
+    attention_mask = torch.ones_like(inputs["input_ids"])
+    attention_mask[0, :3] = 0
+    inputs["attention_mask"] = attention_mask
+    return inputs
+
+
+GREEDY = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+
+
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+def test_decode_steps_read_nothing_back_to_the_host(cache_implementation: str | None) -> None:
+    model = tiny_model()
+    log: list[tuple[str, list[str]]] = []
+    for method in ("forward", "prepare_inputs_for_generation", "_update_model_kwargs_for_generation"):
+        record_host_reads(model, method, log)
+    model.generate(**left_padded_prompts(), cache_implementation=cache_implementation, **GREEDY)
+
+    forwards = [index for index, (method, _) in enumerate(log) if method == "forward"]
+    assert len(forwards) == GREEDY["max_new_tokens"]
+    decode_steps = log[forwards[0] + 1 :]  # everything after the prefill
+    assert [calls for _, calls in decode_steps if calls] == []
+    # The recorder sees the per-call position check that generate() now does once up front.
+    with HostReads() as reads:
+        model(**blank_inputs())
+    assert "__int__" in reads.calls
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_decode_forward_runs_on_the_meta_device(static: bool) -> None:
+    """Meta tensors have no values: a decode step that ran without reading one cannot have synced."""
+    model = tiny_model().to("meta")
+    inputs = {name: value.to("meta") for name, value in blank_inputs(batch_size=2, part_b=1).items()}
+    length = inputs["input_ids"].shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=16) if static else DynamicCache(config=model.config)
+    model(**inputs, past_key_values=cache, use_cache=True, positions_checked=True)
+    step = {
+        "input_ids": torch.zeros(2, 1, dtype=torch.long, device="meta"),
+        "position_ids": inputs["position_ids"][:, -1:],
+        "block_position_ids": inputs["block_position_ids"][:, -1:] + 1,
+        "attention_mask": torch.ones(2, 16 if static else length + 1, dtype=torch.long, device="meta"),
+        "prefix_length": inputs["prefix_length"],
+    }
+    logits = model(**step, past_key_values=cache, use_cache=True, positions_checked=True, logits_to_keep=1).logits
+    assert logits.shape == (2, 1, model.config.vocab_size)
+    with pytest.raises(RuntimeError, match="meta"):  # the per-call check reads a value: it cannot run here
+        model(**step, past_key_values=cache, use_cache=True)
+
+
+def count_graphs(counts: list[int]) -> Callable:
+    """A torch.compile backend that runs the captured graph as is and counts the graphs it is given."""
+
+    def backend(graph_module: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        counts.append(len(example_inputs))
+        return graph_module.forward
+
+    return backend
+
+
+def test_static_cache_compiles_to_one_decode_graph_and_generates_like_the_dynamic_cache() -> None:
+    """generate() compiles the decode steps (greedy and sampling; beam search runs eagerly). fullgraph=True fails
+    on any graph break; one graph means no step recompiled (same shapes and strides at every step, also with a
+    left-padded batch's growing padding mask)."""
+    torch._dynamo.reset()
+    model = tiny_model()
+    prompts = left_padded_prompts()
+    dynamic = model.generate(**prompts, **GREEDY)
+    graphs: list[int] = []
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, backend=count_graphs(graphs), mode=None)
+    compile_config._compile_all_devices = True  # transformers compiles on CPU only when asked to
+    compiled = model.generate(**prompts, cache_implementation="static", compile_config=compile_config, **GREEDY)
+    assert compiled.tolist() == dynamic.tolist()
+    assert len(graphs) == 1
+
+
+def test_compiled_forward_with_a_static_cache_generates_like_the_dynamic_cache() -> None:
+    """The usual recipe, `model.forward = torch.compile(model.forward)`: prefill and decode steps both compiled."""
+    torch._dynamo.reset()
+    model = tiny_model()
+    prompts = left_padded_prompts()
+    dynamic = model.generate(**prompts, **GREEDY)
+    graphs: list[int] = []
+    model.forward = torch.compile(model.forward, fullgraph=True, backend=count_graphs(graphs))
+    compiled = model.generate(**prompts, cache_implementation="static", **GREEDY)
+    assert compiled.tolist() == dynamic.tolist()
+    assert len(graphs) == 2  # the prefill and the decode step
+
+
+def test_logits_to_keep_gives_the_last_columns_of_the_full_logits() -> None:
+    model = tiny_model()
+    inputs = blank_inputs()
+    with torch.no_grad():
+        full = model(**inputs).logits
+        assert model(**inputs, logits_to_keep=1).logits.shape[1] == 1
+        torch.testing.assert_close(model(**inputs, logits_to_keep=3).logits, full[:, -3:], rtol=0, atol=1e-6)
+        columns = torch.tensor([0, 5])
+        torch.testing.assert_close(model(**inputs, logits_to_keep=columns).logits, full[:, columns], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(**inputs, labels=inputs["input_ids"], logits_to_keep=1)
+
+
+def test_generation_that_runs_past_the_position_table_still_names_the_limit() -> None:
+    """The up-front check only lifts the per-step check when the whole run fits; past the table the step that
+    gets there raises the clear error (here: positions count up without a block-position table)."""
+    model = tiny_model(block_position_encoding=False, max_position_embeddings=16)
+    input_ids = torch.randint(7, 96, (1, 12))
+    model.generate(input_ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # positions up to 15
+    with pytest.raises(ValueError, match="max_position_embeddings=16"):
+        model.generate(input_ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+
+
+def test_fill_blanks_keeps_the_generated_columns_instead_of_recomputing_the_spans() -> None:
+    """After the context, every forward is one column wide: [sop] and the decode steps of each blank, plus the last
+    token of a span as long as the generation (generate() never feeds its last token back). No forward re-reads
+    a span, and nothing is appended after the last blank."""
+    model = tiny_model(max_position_embeddings=129, initializer_range=0.5)
+    widths: list[int] = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    texts = ["the king [MASK] the queen and the [MASK] of the house .", "a bird [MASK] [MASK] ."]
+    results = fill_blanks(model, tiny_word_tokenizer(), texts, max_new_tokens=4, do_sample=False)
+    assert [len(result.spans) for result in results] == [2, 2]
+    assert widths[0] > 1 and set(widths[1:]) == {1}
+    assert len(widths) - 1 <= 2 * 4 + 1  # two blanks of at most 4 steps, one completion between them
