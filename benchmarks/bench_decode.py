@@ -10,8 +10,9 @@ Sections (`--sections`, default all):
   timed separately), the decode rate `(N - 1) / (t(N) - t(1))`, and for batch 1 the fraction of the memory-bandwidth
   bound, parameter bytes x decode tokens/s / read bandwidth (summing a 1 GiB tensor, measured in the same run):
   1.0 means a decode step costs one read of the weights.
-- `fast-paths`: the same measurements for eager vs SDPA attention, dynamic vs static cache, and the static cache with
-  `torch.compile` (generate() compiles the decode step; `--compile-backend`).
+- `fast-paths`: the same measurements for eager vs SDPA attention, generate()'s default cache (`GLMDynamicCache`) vs
+  transformers' `DynamicCache` vs the static cache, and the static cache with `torch.compile` (generate() compiles
+  the decode step; `--compile-backend`).
 - `recompute`: the KV cache against recomputing the whole sequence at every step (`use_cache=False`, what the
   original sampling code and THUDM's Hub code do; ours still computes only the last column's logits, so the ratio
   is a lower bound of the one against their code).
@@ -55,6 +56,7 @@ from _timing import (
     update_section,
 )
 from transformers import CompileConfig
+from transformers.cache_utils import DynamicCache
 
 from glm_hf import PRESETS, GLMConfig, GLMForConditionalGeneration
 
@@ -118,7 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.2,
         help="std of the random init (default 0.2, wider than GLM's 0.02, so that greedy tokens vary and token "
-        "comparisons between modes mean something; speed does not depend on it)",
+        "comparisons between modes mean something; decoding speed does not depend on it, the prefill's CPU "
+        "tanh-GELU a little)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 layers of width 128, tiny workloads")
     parser.add_argument(
@@ -214,10 +217,21 @@ class Decode:
         return (self.new_tokens - 1) / max(self.total_s - self.prefill_s, 1e-9)
 
 
+CACHE_LABELS = {
+    "dynamic": "GLMDynamicCache (default)",
+    "transformers": "transformers DynamicCache",
+    "static": "static cache",
+    "compiled": "static + compile",
+}
+
+
 def generate_kwargs(mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    """generate() options of a decoding mode: dynamic | static | compiled (static cache + torch.compile)."""
+    """generate() options of a decoding mode: dynamic (generate()'s default, GLMDynamicCache) | transformers (a
+    fresh transformers `DynamicCache` per call) | static | compiled (static cache + torch.compile)."""
     if mode == "dynamic":
         return {}
+    if mode == "transformers":
+        return {"cache_factory": DynamicCache}
     if mode == "static":
         return {"cache_implementation": "static"}
     compile_config = CompileConfig(
@@ -243,8 +257,10 @@ def measure_decode(
     The warm-up before them generates 4 tokens, or all of them where the decode step is compiled: a compiled step
     is specialised to the static cache's size, which depends on the count."""
     output: dict[str, torch.Tensor] = {}
+    cache_factory = options.pop("cache_factory", None)
 
     def run(count: int) -> None:
+        cache = {"past_key_values": cache_factory(config=model.config)} if cache_factory else {}
         with torch.inference_mode():
             output["ids"] = model.generate(
                 **prompts,
@@ -253,6 +269,7 @@ def measure_decode(
                 min_new_tokens=count,
                 max_new_tokens=count,
                 eos_token_id=None,
+                **cache,
                 **options,
             )
 
@@ -337,7 +354,7 @@ def throughput(args: argparse.Namespace, plan: list, bandwidth: float) -> str:
 
 
 def fast_paths(args: argparse.Namespace, plan: list, bandwidth: float) -> str:
-    modes = [("sdpa", "dynamic"), ("eager", "dynamic"), ("sdpa", "static")]  # the first: generate()'s default
+    modes = [("sdpa", "dynamic"), ("sdpa", "transformers"), ("eager", "dynamic"), ("sdpa", "static")]  # 1st: default
     if args.compile_backend != "none":
         modes.append(("sdpa", "compiled"))
     rows = []
@@ -356,7 +373,7 @@ def fast_paths(args: argparse.Namespace, plan: list, bandwidth: float) -> str:
                 reference = result.tokens if reference is None else reference
                 same = torch.equal(result.tokens, reference)
                 fraction = result.decode_rate / bound if batch_size == 1 else None
-                label = {"dynamic": "dynamic cache", "static": "static cache", "compiled": "static + compile"}[cache]
+                label = CACHE_LABELS[cache]
                 say(
                     f"  batch {batch_size}, prompt {prompt}, {new_tokens} new, {attention}, {label}: "
                     f"prefill {result.prefill_s:.3f} s, decode {result.decode_rate:.2f} tok/s per sequence"
@@ -387,7 +404,7 @@ def fast_paths(args: argparse.Namespace, plan: list, bandwidth: float) -> str:
         "only (generate() runs the prefill eagerly); the compilation happens in the warm-up run."
     )
     same_line = (
-        "Tokens: the same as the default mode's (SDPA, dynamic cache), or not (the kernels round differently, so "
+        "Tokens: the same as the default mode's (SDPA, GLMDynamicCache), or not (the kernels round differently, so "
         "near-ties of the random model can flip)."
     )
     return "\n".join(shapes) + f"\n\n{compile_line} {same_line}\n\n" + markdown_table(header, rows)
@@ -449,7 +466,7 @@ def memory(args: argparse.Namespace, plan: list) -> str:
         say(f"  {preset}, batch {batch_size}, prompt {prompt}, {new_tokens} new: weights {weights / 1e9:.3f} GB")
         say(f"    prefill peak {prefill_peak / 1e6:.1f} MB above the weights, KV cache {prefill_kv / 1e6:.1f} MB")
         say(f"    decoding peak {decode_peak / 1e6:.1f} MB, KV cache {decode_kv / 1e6:.1f} MB")
-        say(f"    the cache holds {figures['cache_bytes'] / 1e6:.1f} MB at the end")
+        say(f"    the cache holds {figures['cache_bytes'] / 1e6:.1f} MB at the end (spare columns included)")
         rows.append(
             [
                 preset,
@@ -463,6 +480,7 @@ def memory(args: argparse.Namespace, plan: list) -> str:
                 f"{decode_kv / 1e6:.1f}",
                 f"{figures['decode_peak'] / 1e6:.1f}",
                 f"{figures['decode_peak'] / decode_kv:.2f}",
+                f"{figures['cache_bytes'] / 1e6:.1f}",
             ]
         )
     what = "peak RSS" if args.device == "cpu" else "torch.cuda.max_memory_allocated"
@@ -470,10 +488,11 @@ def memory(args: argparse.Namespace, plan: list) -> str:
         f"Peak memory ({what}) above the weights, each workload in a fresh process. KV arithmetic: 2 x layers x "
         "hidden x tokens x batch x bytes, over the prompt (prefill) and prompt + new tokens (decoding). The "
         "prefill peak adds the activations of the whole prompt (the MLP's 4h-wide intermediate, the attention "
-        "scores); the decoding peak is the cache plus one step's activations."
+        "scores); the decoding peak is the cache plus one step's activations. The last column is the storage behind "
+        "the cache after decoding: `GLMDynamicCache` keeps up to a quarter (at least 64 columns) spare."
     )
     header = ["shape", "batch", "prompt", "new", "weights GB", "prefill KV MB", "prefill peak MB", "peak / KV"]
-    header += ["decode KV MB", "decode peak MB", "peak / KV"]
+    header += ["decode KV MB", "decode peak MB", "peak / KV", "cache storage at the end MB"]
     return note + "\n\n" + markdown_table(header, rows)
 
 
@@ -503,7 +522,9 @@ def memory_probe(args: argparse.Namespace) -> None:
             **inputs, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None
         )
         decode_peak = peak_memory(args.device) - baseline
-        cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+        # The storage behind keys and values: GLMDynamicCache's spare columns included.
+        storages = [tensor.untyped_storage() for layer in cache.layers for tensor in (layer.keys, layer.values)]
+        cache_bytes = sum(storage.nbytes() for storage in storages)
     element = DTYPES[args.dtype].itemsize
     batch_size, prompt = workload["batch_size"], workload["prompt"]
     figures = {

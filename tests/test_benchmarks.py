@@ -87,5 +87,6 @@ def test_decode_benchmark_quick_run_prints_its_ratios_and_writes_its_sections(
 def test_infill_benchmark_quick_run_prints_its_ratio_and_writes_its_section(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     output = run_benchmark("bench_infill.py", "--quick", "--output", str(results))  # as a script, in its own process
-    assert "one by one:" in output and "batched (4):" in output and "speedup:" in output
+    assert "one by one:" in output and "batched (4, by length):" in output and "speedup:" in output
+    assert "batched (4, input order):" in output
     assert "## Infilling: one text at a time vs batched fill_blanks (cpu)" in results.read_text()

@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 from transformers import CompileConfig
-from transformers.cache_utils import DynamicCache, StaticCache
+from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache
 
 from glm_hf import fill_blanks
+from glm_hf.modeling.modeling_glm import GLMDynamicCache, GLMDynamicLayer
 
 from conftest import TINY_TOKEN_IDS, blank_inputs, tiny_model, tiny_word_tokenizer
 
@@ -181,3 +182,77 @@ def test_fill_blanks_keeps_the_generated_columns_instead_of_recomputing_the_span
     assert [len(result.spans) for result in results] == [2, 2]
     assert widths[0] > 1 and set(widths[1:]) == {1}
     assert len(widths) - 1 <= 2 * 4 + 1  # two blanks of at most 4 steps, one completion between them
+
+
+def updates_of_both_layers(steps: list[int], seed: int = 0) -> tuple[GLMDynamicLayer, DynamicLayer, list[int]]:
+    """Feed the same states (widths `steps`) to a GLMDynamicLayer and transformers' DynamicLayer, comparing what
+    each update returns; also the storage address of the GLM layer's key buffer after each update."""
+    generator = torch.Generator().manual_seed(seed)
+    ours, theirs, addresses = GLMDynamicLayer(), DynamicLayer(), []
+    for width in steps:
+        keys, values = (torch.randn(2, 3, width, 4, generator=generator) for _ in range(2))
+        got, expected = ours.update(keys, values), theirs.update(keys, values)
+        for tensor, reference in zip(got, expected, strict=True):
+            assert torch.equal(tensor, reference)
+        assert ours.get_seq_length() == theirs.get_seq_length()
+        addresses.append(ours.key_buffer.data_ptr())
+    return ours, theirs, addresses
+
+
+def test_glm_dynamic_layer_writes_in_place_and_grows_rarely() -> None:
+    """300 single-token steps after a 40-column prefill: the same states as DynamicLayer (which copies the whole
+    cache at every step), from a handful of buffers (growth by a quarter, at least 64 columns)."""
+    ours, _, addresses = updates_of_both_layers([40] + [1] * 300)
+    regrowths = sum(before != after for before, after in zip(addresses, addresses[1:], strict=False))
+    assert regrowths == 5  # 40 columns exactly, then room for 105, 170, 235, 300 and 376 (300 + 300 // 4)
+    assert ours.key_buffer.shape[-2] == 376 and ours.keys.shape[-2] == 340
+    assert ours.keys.data_ptr() == ours.key_buffer.data_ptr()
+
+
+def test_glm_dynamic_layer_follows_crop_reorder_and_batch_changes() -> None:
+    ours, theirs, _ = updates_of_both_layers([5, 1, 1])
+    for layer in (ours, theirs):
+        layer.crop(-2)  # a view: our buffer stays and the next token overwrites the cropped columns
+        layer.reorder_cache(torch.tensor([1, 0]))
+    assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+    buffer = ours.key_buffer.data_ptr()
+    step = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+    for got, expected in zip(ours.update(*step), theirs.update(*step), strict=True):
+        assert torch.equal(got, expected)
+    assert ours.key_buffer.data_ptr() == buffer  # reordered in place: still room, no regrowth
+    for layer in (ours, theirs):
+        layer.batch_repeat_interleave(2)  # replaces keys: adopted at the next update
+    step = torch.randn(4, 3, 2, 4), torch.randn(4, 3, 2, 4)
+    for got, expected in zip(ours.update(*step), theirs.update(*step), strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_glm_dynamic_layer_keeps_gradients_of_earlier_steps() -> None:
+    """Three updates with states that require grad, then one backward: the third would be written in place into
+    the buffer whose view the second step's square() saved, so such states are concatenated instead."""
+    gradients, inputs = [], [torch.randn(1, 2, width, 4) for width in (3, 3, 1, 1, 1, 1)]
+    for layer in (GLMDynamicLayer(), DynamicLayer()):
+        states = [state.clone().requires_grad_() for state in inputs]
+        loss = torch.zeros(())
+        for keys, values in zip(states[::2], states[1::2], strict=True):
+            loss = loss + sum(cached.square().sum() for cached in layer.update(keys, values))
+        loss.backward()
+        gradients.append([state.grad for state in states])
+    for ours, theirs in zip(*gradients, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])
+def test_generate_decodes_on_the_glm_dynamic_cache_like_on_transformers_cache(num_beams: int) -> None:
+    model = tiny_model()
+    prompts = left_padded_prompts()
+    options = {**GREEDY, "num_beams": num_beams, "return_dict_in_generate": True}
+    default = model.generate(**prompts, **options)
+    assert type(default.past_key_values) is GLMDynamicCache
+    given = model.generate(**prompts, past_key_values=DynamicCache(config=model.config), **options)
+    assert type(given.past_key_values) is DynamicCache  # a cache the caller passes is kept
+    assert default.sequences.tolist() == given.sequences.tolist()
+    static = model.generate(**prompts, cache_implementation="static", **options)
+    assert type(static.past_key_values) is StaticCache  # only the default dynamic cache is replaced
+    with torch.no_grad():
+        assert type(model(**blank_inputs(), use_cache=True).past_key_values) is GLMDynamicCache

@@ -10,7 +10,7 @@ from transformers import pipeline
 
 import glm_hf
 from glm_hf.cli import main
-from glm_hf.infilling import build_generation_inputs, encode_prompt, fill_blanks
+from glm_hf.infilling import build_generation_inputs, encode_prompt, fill_blanks, length_sorted_batches
 
 from conftest import tiny_config, tiny_word_tokenizer
 
@@ -72,11 +72,23 @@ def test_every_blank_is_filled_like_the_cache_free_reference(model, tokenizer):
     assert filled.text == TEXTS[0].replace("[MASK]", filled.spans[0], 1).replace("[MASK]", filled.spans[1], 1)
 
 
+@pytest.mark.parametrize("batch_size", [None, 2], ids=["all-at-once", "by-length"])
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])
-def test_batched_results_equal_one_by_one_results(model, tokenizer, num_beams):
-    batched = fill_blanks(model, tokenizer, TEXTS, max_new_tokens=5, num_beams=num_beams, do_sample=False)
+def test_batched_results_equal_one_by_one_results(model, tokenizer, num_beams, batch_size):
+    # With batch_size=2 the shortest two texts (1 and 0) share a batch and text 2 follows: results keep input order.
+    batched = fill_blanks(
+        model, tokenizer, TEXTS, batch_size=batch_size, max_new_tokens=5, num_beams=num_beams, do_sample=False
+    )
     single = [fill_blanks(model, tokenizer, text, max_new_tokens=5, num_beams=num_beams)[0] for text in TEXTS]
     assert batched == single
+
+
+def test_length_sorted_batches_group_similar_lengths():
+    assert length_sorted_batches([5, 1, 9, 3, 7], 2) == [[1, 3], [0, 4], [2]]
+    assert length_sorted_batches([5, 1, 9], None) == [[0, 1, 2]]
+    assert length_sorted_batches([], 4) == []
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        length_sorted_batches([5, 1], 0)
 
 
 def test_sampling_is_reproducible_with_a_seed(model, tokenizer):
@@ -151,8 +163,10 @@ def test_cli_infill_reads_jsonl_and_writes_jsonl(tmp_path, capsys):
     output = tmp_path / "filled.jsonl"
     main(["infill", "--input", str(source), "--output", str(output), "--batch-size", "2", "--max-new-tokens", "3"])
     records = [json.loads(line) for line in output.read_text().splitlines()]
-    assert [record["text"] for record in records] == TEXTS
-    assert all("[MASK]" not in record["filled_text"] for record in records)
+    assert [record["text"] for record in records] == TEXTS  # batched by length (1 and 0, then 2), written in order
+    for record in records:
+        assert "[MASK]" not in record["filled_text"]
+        assert record["filled_text"].startswith(record["text"].split("[MASK]")[0])
     assert "wrote 3 filled texts" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="already exists"):
         main(["infill", "--input", str(source), "--output", str(output)])

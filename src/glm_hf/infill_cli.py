@@ -6,14 +6,13 @@ import argparse
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .infilling import fill_blanks
+from .infilling import InfillingResult, fill_blanks, length_sorted_batches
 
 
 def read_texts(path: Path) -> list[str]:
@@ -78,11 +77,6 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad options before any model is loaded."""
     if bool(args.texts) == (args.input is not None):
@@ -129,13 +123,18 @@ def run_infill(args: argparse.Namespace) -> None:
         torch.manual_seed(args.seed)
     options = generation_options(args)
 
-    records = []
+    results: dict[int, InfillingResult] = {}
     progress = tqdm(total=len(texts), desc="Filling", unit="text", disable=args.input is None)
-    for batch in batches(texts, args.batch_size):
-        for text, result in zip(batch, fill_blanks(model, tokenizer, batch, **options), strict=True):
-            records.append({"text": text, "filled_text": result.text, "spans": result.spans})
-        progress.update(len(batch))
+    # Texts of similar length share a batch (less padding); the output keeps the input order.
+    for group in length_sorted_batches([len(text) for text in texts], args.batch_size):
+        filled = fill_blanks(model, tokenizer, [texts[index] for index in group], **options)
+        results.update(zip(group, filled, strict=True))
+        progress.update(len(group))
     progress.close()
+    records = [
+        {"text": text, "filled_text": results[index].text, "spans": results[index].spans}
+        for index, text in enumerate(texts)
+    ]
 
     if args.output is None:
         for record in records:

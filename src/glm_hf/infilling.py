@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache, DynamicCache, StaticCache
+from transformers.cache_utils import Cache, StaticCache
 
 from .modeling.configuration_glm import GLMConfig
-from .modeling.modeling_glm import GLMForConditionalGeneration
+from .modeling.modeling_glm import GLMDynamicCache, GLMForConditionalGeneration
 
 MASK_TEXT = re.compile(r"\[(?:MASK|sMASK|gMASK)\]")
 # Inputs fill_blanks builds for every blank; the KV cache it manages itself.
@@ -148,23 +148,35 @@ def blank_generation_config(model: GLMForConditionalGeneration, generate_kwargs:
     return generation_config
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int | None) -> list[list[int]]:
+    """Indices grouped `batch_size` at a time in order of length, so that a batch's rows need little padding
+    (a batch costs its longest row times its size); one group of all when `batch_size` is None."""
+    if batch_size is None:
+        return [list(range(len(lengths)))] if lengths else []
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def fill_blanks(
     model: GLMForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
     texts: str | Sequence[str],
+    batch_size: int | None = None,
     **generate_kwargs: Any,
 ) -> list[InfillingResult]:
     """Fill every blank of each text, left to right; greedy, sampling or beam search via `generate_kwargs`.
 
-    Texts of different lengths are batched (left padding). Returns one `InfillingResult` per text.
+    Texts of different lengths are batched (left padding): all at once, or `batch_size` at a time with texts of
+    similar length together (less padding, bounded memory). Returns one `InfillingResult` per text, in input order.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         return []
     generation_config = blank_generation_config(model, generate_kwargs)
     config = model.config
-    device = model.device
     prompts = [prompt_text(text, config) for text in texts]
     contexts = [encode_prompt(tokenizer, config, prompt) for prompt in prompts]
     largest_id = max(max(ids) for ids in contexts)
@@ -181,8 +193,27 @@ def fill_blanks(
                 f"The tokenizer turned the {len(MASK_TEXT.findall(prompt))} mask string(s) of {prompt!r} into "
                 f"{len(positions)} mask token(s); does it know [MASK]/[sMASK]/[gMASK] as special tokens?"
             )
-    end_ids = {config.eop_token_id, config.eos_token_id} - {None}
 
+    spans: list[list[list[int]]] = [[] for _ in texts]
+    for group in length_sorted_batches([len(ids) for ids in contexts], batch_size):
+        group_spans = _fill_batch(
+            model, [contexts[index] for index in group], [blanks[index] for index in group], generation_config
+        )
+        for index, text_spans in zip(group, group_spans, strict=True):
+            spans[index] = text_spans
+    return [_fill_text(tokenizer, prompt, text_spans) for prompt, text_spans in zip(prompts, spans, strict=True)]
+
+
+def _fill_batch(
+    model: GLMForConditionalGeneration,
+    contexts: list[list[int]],
+    blanks: list[list[int]],
+    generation_config: GenerationConfig,
+) -> list[list[list[int]]]:
+    """The generated ids of every blank of every context (prompt ids with the blanks at `blanks`), as one batch."""
+    config = model.config
+    device = model.device
+    end_ids = {config.eop_token_id, config.eos_token_id} - {None}
     input_ids, attention_mask = left_pad(contexts, config.pad_token_id)
     context_length = input_ids.shape[1]
     sequence = {
@@ -199,13 +230,13 @@ def fill_blanks(
     )
     model(**sequence, prefix_length=context_length, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
-    spans: list[list[list[int]]] = [[] for _ in texts]
+    spans: list[list[list[int]]] = [[] for _ in contexts]
     for blank in range(num_blanks):
         active = [blank < len(positions) for positions in blanks]
         mask_positions = torch.tensor(
             [positions[blank] if blank < len(positions) else 0 for positions in blanks], device=device
         )
-        sop = _part_b_columns([[config.sop_token_id]] * len(texts), mask_positions, config.pad_token_id)
+        sop = _part_b_columns([[config.sop_token_id]] * len(contexts), mask_positions, config.pad_token_id)
         generation_cache = cache
         if num_beams > 1:  # beam search reorders and grows its cache: give it an expanded copy
             generation_cache = copy.deepcopy(cache)
@@ -240,8 +271,7 @@ def fill_blanks(
                 past_key_values=cache,
                 use_cache=True,
             )
-
-    return [_fill_text(tokenizer, prompt, text_spans) for prompt, text_spans in zip(prompts, spans, strict=True)]
+    return spans
 
 
 def _fill_text(tokenizer: PreTrainedTokenizerBase, prompt: str, spans: list[list[int]]) -> InfillingResult:
@@ -256,7 +286,7 @@ def _blank_cache(model: GLMForConditionalGeneration, generation_config: Generati
     of copying the whole growing cache at every token), not compiled (each call has its own size); beam search,
     which reorders and copies its cache, gets a dynamic one."""
     if (generation_config.num_beams or 1) > 1:
-        return DynamicCache(config=model.config)
+        return GLMDynamicCache(config=model.config)
     if generation_config.compile_config is None:
         generation_config.disable_compile = True
     return StaticCache(config=model.config, max_cache_len=length)

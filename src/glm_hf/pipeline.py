@@ -15,7 +15,7 @@ TASK = "text-infilling"
 class TextInfillingPipeline(Pipeline):
     """Fills every [MASK] / [sMASK] / [gMASK] of a text; generation options (`max_new_tokens`, `num_beams`,
     `do_sample`, ...) pass through to `fill_blanks`. Returns `{"filled_text": str, "spans": list[str]}` per text.
-    For large batches call `glm_hf.fill_blanks` directly: it batches texts of different lengths on the KV cache."""
+    For many texts call `glm_hf.fill_blanks(..., batch_size=16)` directly: it batches texts of similar length."""
 
     _load_processor = False
     _load_image_processor = False

@@ -2,6 +2,7 @@
 
 from .configuration_glm import FAMILY_TOKEN_IDS, PRESETS, GLMConfig
 from .modeling_glm import (
+    GLMDynamicCache,
     GLMForConditionalGeneration,
     GLMForMultipleChoice,
     GLMForSequenceClassification,
@@ -15,6 +16,7 @@ __all__ = [
     "FAMILY_TOKEN_IDS",
     "PRESETS",
     "GLMConfig",
+    "GLMDynamicCache",
     "GLMForConditionalGeneration",
     "GLMForMultipleChoice",
     "GLMForSequenceClassification",
