@@ -236,3 +236,12 @@ def test_a_tokenizer_that_outgrows_the_embedding_is_named(tokenizer):
     small = glm_hf.GLMForConditionalGeneration(config).eval()
     with pytest.raises(ValueError, match="does not belong to this model"):
         fill_blanks(small, tokenizer, "the house at night [MASK]")
+
+
+def test_cli_input_lines_break_at_newlines_only(tmp_path):
+    """A JSON string may hold U+2028 unescaped; str.splitlines would cut the record there."""
+    from glm_hf.infill_cli import read_texts
+
+    source = tmp_path / "texts.jsonl"
+    source.write_text(json.dumps({"text": "one\u2028two [MASK]"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_texts(source) == ["one\u2028two [MASK]"]

@@ -122,6 +122,12 @@ def read_corpus(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
 def _read_corpus_file(path: Path) -> list[str]:
     """Non-empty documents of one corpus file."""
+    return [text for text in read_text_records(path) if text.strip()]
+
+
+def read_text_records(path: Path) -> list[str]:
+    """The non-blank lines of a .txt file, or the string "text" field of each non-blank line of a .jsonl file (kept
+    even when blank); errors name the file and line."""
     try:
         # Newlines only (read_text turns \r\n into \n): str.splitlines would also break at U+2028, form feeds and
         # the like, which JSON strings may hold unescaped, and would shift the line numbers of error messages.
@@ -130,7 +136,7 @@ def _read_corpus_file(path: Path) -> list[str]:
         raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
     if path.suffix.lower() == ".txt":
         return [line for line in lines if line.strip()]
-    documents = []
+    texts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -140,9 +146,8 @@ def _read_corpus_file(path: Path) -> list[str]:
             raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise ValueError(f'{path}:{number}: expected an object with a string "text" field.')
-        if record["text"].strip():
-            documents.append(record["text"])
-    return documents
+        texts.append(record["text"])
+    return texts
 
 
 class PackedSamples(list):

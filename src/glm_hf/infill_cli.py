@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .blank_infilling import CORPUS_SUFFIXES, read_text_records
 from .infilling import InfillingResult, fill_blanks, length_sorted_batches
 
 
@@ -20,27 +21,9 @@ def read_texts(path: Path) -> list[str]:
     line)."""
     if not path.is_file():
         raise FileNotFoundError(f"--input {path} does not exist or is not a file.")
-    suffix = path.suffix.lower()
-    if suffix not in (".txt", ".jsonl"):
+    if path.suffix.lower() not in CORPUS_SUFFIXES:
         raise ValueError(f"--input {path}: expected a .txt or .jsonl file.")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise ValueError(f"--input {path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f'{path}:{number}: expected an object with a string "text" field.')
-            texts.append(record["text"])
-        else:
-            texts.append(line)
+    texts = read_text_records(path)
     if not texts:
         raise ValueError(f"--input {path} holds no text.")
     return texts
