@@ -43,6 +43,13 @@ def tiny_config(**overrides: Any) -> glm_hf.GLMConfig:
     return glm_hf.GLMConfig(**values)
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Checkpoint the blocks: `activation_checkpointing_enable` from transformers 5.23 on, which deprecates the older
+    `gradient_checkpointing_enable` (the only name before 5.23)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def tiny_model(
     attn_implementation: str = "sdpa", seed: int = 0, **overrides: Any
 ) -> glm_hf.GLMForConditionalGeneration:

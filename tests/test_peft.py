@@ -31,7 +31,13 @@ from peft.tuners.lora import LoraLayer  # noqa: E402
 import glm_hf  # noqa: E402
 from glm_hf.peft_integration import GLM_LORA_TARGET_MODULES, register_glm_with_peft  # noqa: E402
 
-from conftest import ASSETS, TINY_TOKEN_IDS, tiny_config, tiny_model  # noqa: E402
+from conftest import (  # noqa: E402
+    ASSETS,
+    TINY_TOKEN_IDS,
+    enable_activation_checkpointing,
+    tiny_config,
+    tiny_model,
+)
 
 NUM_VIRTUAL = 3
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "embedding_dropout_prob": 0.0}
@@ -369,7 +375,7 @@ def test_prefix_tuning_trains_the_prefix() -> None:
 
 def test_prefix_tuning_with_gradient_checkpointing_is_refused_clearly() -> None:
     base, model = prefix_model(**NO_DROPOUT)
-    base.activation_checkpointing_enable()
+    enable_activation_checkpointing(base)
     model.train()
     with pytest.raises(ValueError, match="Gradient checkpointing recomputes every layer without its KV cache"):
         model(**padded_blank_batch())

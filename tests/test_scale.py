@@ -19,7 +19,7 @@ from transformers import AutoModelForSeq2SeqLM, Trainer, TrainingArguments
 
 import glm_hf
 
-from conftest import blank_inputs, tiny_model
+from conftest import blank_inputs, enable_activation_checkpointing, tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 from train_tiny_glm import BlankDataset  # noqa: E402
@@ -58,7 +58,7 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradien
     def loss_grads_and_block_calls(checkpointing: bool):
         model = tiny_model(**NO_DROPOUT).train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            enable_activation_checkpointing(model)
         calls = []
         model.glm.layers[0].attention.register_forward_hook(lambda *_: calls.append(1))
         loss = model(**batch).loss

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, StaticCache
+from transformers.generation.streamers import BaseStreamer
 
 from .modeling.configuration_glm import GLMConfig
-from .modeling.modeling_glm import GLMDynamicCache, GLMForConditionalGeneration
+from .modeling.modeling_glm import GENERATE_CACHE_KWARG, GLMDynamicCache, GLMForConditionalGeneration
 
 MASK_TEXT = re.compile(r"\[(?:MASK|sMASK|gMASK)\]")
 # Inputs fill_blanks builds for every blank; the KV cache it manages itself.
@@ -165,16 +166,25 @@ def fill_blanks(
     tokenizer: PreTrainedTokenizerBase,
     texts: str | Sequence[str],
     batch_size: int | None = None,
+    streamer: BaseStreamer | None = None,
     **generate_kwargs: Any,
 ) -> list[InfillingResult]:
     """Fill every blank of each text, left to right; greedy, sampling or beam search via `generate_kwargs`.
 
     Texts of different lengths are batched (left padding): all at once, or `batch_size` at a time with texts of
     similar length together (less padding, bounded memory). Returns one `InfillingResult` per text, in input order.
+    `streamer` (a transformers streamer, e.g. `TextStreamer(tokenizer, skip_special_tokens=True)`) receives the
+    generated tokens of every blank in turn, and `end()` once after the last; like transformers' streamers it takes
+    one text at a time.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         return []
+    if streamer is not None and len(texts) > 1:
+        raise ValueError(
+            f"A streamer shows one sequence, so fill_blanks streams one text at a time; got {len(texts)} texts. "
+            "Call fill_blanks once per text, or leave the streamer out."
+        )
     generation_config = blank_generation_config(model, generate_kwargs)
     config = model.config
     prompts = [prompt_text(text, config) for text in texts]
@@ -197,11 +207,36 @@ def fill_blanks(
     spans: list[list[list[int]]] = [[] for _ in texts]
     for group in length_sorted_batches([len(ids) for ids in contexts], batch_size):
         group_spans = _fill_batch(
-            model, [contexts[index] for index in group], [blanks[index] for index in group], generation_config
+            model,
+            [contexts[index] for index in group],
+            [blanks[index] for index in group],
+            generation_config,
+            BlankStreamer(streamer) if streamer is not None else None,
         )
         for index, text_spans in zip(group, group_spans, strict=True):
             spans[index] = text_spans
+    if streamer is not None:
+        streamer.end()
     return [_fill_text(tokenizer, prompt, text_spans) for prompt, text_spans in zip(prompts, spans, strict=True)]
+
+
+class BlankStreamer(BaseStreamer):
+    """Passes the tokens that `generate()` produces for each blank on to the caller's streamer: not the prompt each
+    `generate()` call streams first, and not the `end()` of each call (the caller's streamer ends once, after the
+    last blank)."""
+
+    def __init__(self, streamer: BaseStreamer) -> None:
+        self.streamer = streamer
+        self.prompt_pending = True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt_pending:
+            self.prompt_pending = False
+            return
+        self.streamer.put(value)
+
+    def end(self) -> None:
+        self.prompt_pending = True
 
 
 def _fill_batch(
@@ -209,6 +244,7 @@ def _fill_batch(
     contexts: list[list[int]],
     blanks: list[list[int]],
     generation_config: GenerationConfig,
+    streamer: BaseStreamer | None = None,
 ) -> list[list[list[int]]]:
     """The generated ids of every blank of every context (prompt ids with the blanks at `blanks`), as one batch."""
     config = model.config
@@ -244,8 +280,9 @@ def _fill_batch(
         output = model.generate(
             **_append(sequence, sop),
             prefix_length=context_length,
-            past_key_values=generation_cache,
             generation_config=generation_config,
+            streamer=streamer,
+            **{GENERATE_CACHE_KWARG: generation_cache},
         )
         length = sequence["input_ids"].shape[1]
         new_tokens = output[:, length + 1 :].tolist()

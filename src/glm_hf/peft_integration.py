@@ -73,7 +73,8 @@ def glm_prompt_learning_kwargs(peft_type: str, num_virtual_tokens: int, kwargs: 
     prepended columns.
     """
     cached_prefix = str(getattr(peft_type, "value", peft_type)) in _CACHED_PREFIX_METHODS
-    prepend = not cached_prefix and _cached_length(kwargs.get("past_key_values")) == 0
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))  # `cache` from transformers 5.24 on
+    prepend = not cached_prefix and _cached_length(cache) == 0
     position_ids, block_position_ids, prefix_length = shift_positions_for_virtual_tokens(
         num_virtual_tokens,
         kwargs.get("position_ids"),
@@ -83,8 +84,6 @@ def glm_prompt_learning_kwargs(peft_type: str, num_virtual_tokens: int, kwargs: 
     )
     if cached_prefix and prefix_length is None:
         prefix_length = WHOLE_INPUT_IS_PART_A
-    if kwargs.get("positions_checked"):  # generate() checked the ids before they moved by n: check them again
-        kwargs["positions_checked"] = False
     if prepend and kwargs.get("mask_positions") is not None:  # `GLMForMultipleChoice` reads logits at these columns
         kwargs["mask_positions"] = kwargs["mask_positions"] + num_virtual_tokens
     for key, value in (
@@ -130,6 +129,8 @@ def register_glm_with_peft() -> bool:
             if not is_glm_model(self.get_base_model()):
                 return adjust(self, peft_config, kwargs=kwargs, **options)
             glm_prompt_learning_kwargs(peft_config.peft_type, peft_config.num_virtual_tokens, kwargs)
+            # generate() checked the ids before they moved by n: the forward checks them again
+            self.get_base_model().base_model.positions_prechecked = False
             return None
 
         adjust_prompt_learning_kwargs._glm_hf_original = adjust  # type: ignore[attr-defined]

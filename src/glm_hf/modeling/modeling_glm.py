@@ -9,6 +9,7 @@ every later column is causal. The loss is not shifted: Part B targets are alread
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -26,12 +27,35 @@ from transformers.modeling_outputs import (
     MultipleChoiceModelOutput,
     SequenceClassifierOutput,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_glm import GLMConfig
 
 logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed the cache: `generate()` hands it to `forward` as `cache` and the output classes hold it in
+# a `cache` field (earlier releases: `past_key_values` both ways). The model takes either name and returns the cache
+# in the field that the installed release declares.
+CACHE_OUTPUT_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+# The name `generate()` takes a cache under without a deprecation warning.
+_GENERATION_INPUTS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+GENERATE_CACHE_KWARG = "cache" if "cache" in _GENERATION_INPUTS else "past_key_values"
+
+
+def resolve_cache_argument(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
+    """The cache a caller passed under either name (`past_key_values`, or `cache` from transformers 5.24 on)."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError("Pass the cache once, as `cache` or as `past_key_values`, not both.")
+    return cache if cache is not None else past_key_values
+
+
+def keep_logit_columns(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The columns whose logits are computed: the last `logits_to_keep` (every column for 0), or those indexed by a
+    1-D tensor (transformers' `logits_to_keep` convention)."""
+    if isinstance(logits_to_keep, int):
+        return hidden_states if logits_to_keep == 0 else hidden_states[:, -logits_to_keep:, :]
+    return hidden_states[:, logits_to_keep, :]
 
 
 def eager_attention_forward(
@@ -446,6 +470,9 @@ class GLMModel(GLMPreTrainedModel):
         self.layers = nn.ModuleList([GLMBlock(config, layer_idx) for layer_idx in range(config.num_hidden_layers)])
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
+        # Set by `generate()` for its run when every position id it can reach fits the tables: the forward then skips
+        # its per-call range check (a host-device sync). Never a model kwarg, so nothing leaks into `generate()`.
+        self.positions_prechecked = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -468,7 +495,7 @@ class GLMModel(GLMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache_position: torch.LongTensor | None = None,
-        positions_checked: bool = False,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
         r"""
@@ -482,9 +509,9 @@ class GLMModel(GLMPreTrainedModel):
         prefix_length: int or [B]: leading columns (Part A, left padding included) visible to every query, counted
             from the start of the cached sequence; later columns are causal. Default: the whole input on a first
             pass (bidirectional); with a cache, every cached column (new tokens are causal among themselves).
-        positions_checked: the caller (`generate()`) has already checked that every position id fits the position
-            tables; skips the per-call check, which costs a host-device sync.
+        cache: the same as `past_key_values` (the name `generate()` uses from transformers 5.24 on); pass one.
         """
+        past_key_values = resolve_cache_argument(past_key_values, cache)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -520,7 +547,7 @@ class GLMModel(GLMPreTrainedModel):
         position_ids, block_position_ids = self._resolve_positions(
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
-        if not positions_checked:
+        if not self.positions_prechecked:
             self._check_position_range(position_ids, block_position_ids, past_length + query_length)
         hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
         hidden_states = self.embedding_dropout(hidden_states)
@@ -553,9 +580,9 @@ class GLMModel(GLMPreTrainedModel):
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
+            **{CACHE_OUTPUT_FIELD: past_key_values if use_cache else None},
         )
         return output if return_dict else output.to_tuple()
 
@@ -684,6 +711,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         cache_position: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         r"""
@@ -701,7 +729,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             block_position_ids=block_position_ids,
             attention_mask=attention_mask,
             prefix_length=prefix_length,
-            past_key_values=past_key_values,
+            past_key_values=resolve_cache_argument(past_key_values, cache),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -710,7 +738,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             cache_position=cache_position,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        logits = self.lm_head(keep_logit_columns(outputs.last_hidden_state, logits_to_keep))
 
         loss = None
         if labels is not None:
@@ -721,57 +749,130 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_OUTPUT_FIELD: outputs[CACHE_OUTPUT_FIELD] if CACHE_OUTPUT_FIELD in outputs else None},
         )
         return output if return_dict else output.to_tuple()
 
     # ---- generation -------------------------------------------------------------------------------------------
 
     def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        """`GenerationMixin.generate` with GLM's defaults: the prompt is Part A unless `prefix_length` says otherwise.
+        """`GenerationMixin.generate` with GLM's positions: the prompt is Part A unless `prefix_length` says otherwise.
 
         Pass the builder's `position_ids` / `block_position_ids` ([B, T] each, or stacked [B, 2, T]) for a prompt
         whose Part B was started with [sop]: each new token keeps the last position (the mask's index) and takes
-        the next block position.
+        the next block position (without a block-position table, positions count up).
+
+        Continuing from a cache that an earlier `generate()` returned (`past_key_values=out.past_key_values` with the
+        whole sequence as input, as transformers does it): the cached run's positions and `prefix_length` carry on,
+        so two calls give the tokens of one. Position ids shorter than the input with a filled cache describe its
+        first columns; later columns follow the rule above.
         """
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
-        if prompt is None:
-            prompt = kwargs.get("inputs_embeds")
-        if prompt is not None:
-            batch_size, prompt_length = prompt.shape[:2]
-            kwargs["position_ids"], kwargs["block_position_ids"] = split_stacked_positions(
-                kwargs.get("position_ids"), kwargs.get("block_position_ids")
-            )
-            # Soft-prompt embeddings leading `inputs_embeds` with ids of the real tokens: give them the full length
-            # now, so that every decoding step continues from the shifted positions.
-            given = (kwargs.get("position_ids"), kwargs.get("block_position_ids"), kwargs.get("prefix_length"))
-            aligned = align_positions_to_input(*given, query_length=prompt_length, past_length=0)
-            kwargs["position_ids"], kwargs["block_position_ids"], kwargs["prefix_length"] = aligned
-            if kwargs.get("position_ids") is None:
-                prompt_columns = torch.arange(prompt_length, device=prompt.device)
-                kwargs["position_ids"] = default_position_ids(prompt_columns, batch_size, kwargs.get("attention_mask"))
-            if kwargs.get("block_position_ids") is None and self.config.block_position_encoding:
-                kwargs["block_position_ids"] = torch.zeros_like(kwargs["position_ids"])
-            prefix_length = kwargs.get("prefix_length")
+        embeds = kwargs.get("inputs_embeds")
+        if prompt is None and embeds is None:
+            prompt = self._bos_prompt(kwargs)
+            if prompt is not None:
+                kwargs["input_ids"] = prompt
+        columns = embeds if embeds is not None else prompt  # every column of the sequence, cached ones included
+        if columns is not None:
+            self._prepare_generation_positions(columns, prompt, kwargs)
+        try:
+            return super().generate(inputs, **kwargs)
+        finally:
+            self.glm.positions_prechecked = False
+
+    def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """The one-token prompt `generate()` starts from when given no input: [bos] per row (rows as many as a
+        given tensor has, else 1), so that it gets a prompt's positions; None without a bos id (transformers then
+        says what is missing)."""
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        bos_token_id = kwargs.get("bos_token_id", generation_config.bos_token_id)
+        if bos_token_id is None:
+            return None
+        rows = next((value.shape[0] for value in kwargs.values() if torch.is_tensor(value) and value.dim()), 1)
+        return torch.full((rows, 1), int(bos_token_id), dtype=torch.long, device=self.device)
+
+    def _prepare_generation_positions(
+        self, columns: torch.Tensor, prompt: torch.Tensor | None, kwargs: dict[str, Any]
+    ) -> None:
+        """Complete the caller's `position_ids` / `block_position_ids` / `prefix_length` (in `kwargs`) for every
+        column of the input; the decoding steps extend them (`_update_model_kwargs_for_generation`)."""
+        batch_size, length = columns.shape[:2]
+        cache = resolve_cache_argument(kwargs.get("past_key_values"), kwargs.get("cache"))
+        cached = cache.get_seq_length() if cache is not None else 0
+        position_ids, block_position_ids = split_stacked_positions(
+            kwargs.get("position_ids"), kwargs.get("block_position_ids")
+        )
+        prefix_length = kwargs.get("prefix_length")
+        earlier: GLMGenerationRun | None = getattr(cache, "glm_generation_run", None) if cached else None
+        if position_ids is None and block_position_ids is None and earlier is not None:
+            position_ids, block_position_ids, earlier_prefix = earlier.for_batch(batch_size)
             if prefix_length is None:
-                kwargs["prefix_length"] = prompt_length
-            elif torch.is_tensor(prefix_length):  # [B], so that beam search can expand it per sequence
-                kwargs["prefix_length"] = prefix_length.reshape(-1).expand(batch_size).clone()
-        return super().generate(inputs, **kwargs)
+                prefix_length = earlier_prefix
+        elif cached:  # ids of the first columns (an assistant model gets its positions extended by +1: cut them)
+            given = (
+                min(ids.shape[-1] for ids in (position_ids, block_position_ids) if ids is not None)
+                if (position_ids is not None or block_position_ids is not None)
+                else 0
+            )
+            if position_ids is not None and block_position_ids is not None:
+                position_ids, block_position_ids = position_ids[:, :given], block_position_ids[:, :given]
+        else:  # a first pass: ids may be shorter by the soft-prompt columns leading inputs_embeds
+            position_ids, block_position_ids, prefix_length = align_positions_to_input(
+                position_ids, block_position_ids, prefix_length, query_length=length, past_length=0
+            )
+        if position_ids is None:
+            position_ids = default_position_ids(
+                torch.arange(length, device=columns.device), batch_size, kwargs.get("attention_mask")
+            )
+        if block_position_ids is None and self.config.block_position_encoding:
+            block_position_ids = torch.zeros_like(position_ids)
+        if position_ids.shape[-1] < length:
+            position_ids, block_position_ids = positions_of_columns(position_ids, block_position_ids, 0, length)
+        if prefix_length is None:
+            prefix_length = length
+        elif torch.is_tensor(prefix_length):  # [B], so that beam search can expand it per sequence
+            prefix_length = prefix_length.reshape(-1).expand(batch_size).clone()
+        kwargs["prefix_length"] = prefix_length
+        kwargs["position_ids"] = position_ids
+        kwargs["block_position_ids"] = block_position_ids
 
     def prepare_inputs_for_generation(
         self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        """Slice the block positions like transformers slices `position_ids` (a contiguous copy, so that a compiled
-        decode step sees the same strides at every step and is not recompiled)."""
+        """transformers' inputs for one step, with GLM's positions of the columns that step feeds.
+
+        `position_ids` / `block_position_ids` cover the sequence so far; columns past them (draft tokens of
+        assisted decoding) keep the last position and take the next block positions (`positions_of_columns`).
+        Block positions are sliced like positions (a contiguous copy, so that a compiled decode step sees the same
+        strides at every step and is not recompiled).
+        """
+        position_ids = kwargs.pop("position_ids", None)
+        block_position_ids = kwargs.pop("block_position_ids", None)
         model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
-        block_position_ids = model_inputs.get("block_position_ids")
-        position_ids = model_inputs.get("position_ids")
-        if block_position_ids is not None and position_ids is not None:
-            block_position_ids = block_position_ids[:, -position_ids.shape[-1] :]
-            model_inputs["block_position_ids"] = block_position_ids.clone(memory_format=torch.contiguous_format)
+        if "cache" in model_inputs:  # transformers >= 5.24; the forward takes both names, PEFT reads this one
+            model_inputs["past_key_values"] = model_inputs.pop("cache")
+        if position_ids is None:
+            return model_inputs
+        step = model_inputs.get("inputs_embeds")
+        step_length = (step if step is not None else model_inputs["input_ids"]).shape[1]
+        if block_position_ids is not None and block_position_ids.shape[-1] != position_ids.shape[-1]:
+            # Assisted decoding counts `position_ids` up for its draft tokens, which GLM's Part B does not do: keep
+            # the columns both cover and extend them by GLM's rule below.
+            given = min(position_ids.shape[-1], block_position_ids.shape[-1])
+            position_ids, block_position_ids = position_ids[:, :given], block_position_ids[:, :given]
+        missing = input_ids.shape[1] - position_ids.shape[-1] if step is None else 0
+        if missing > 0:
+            position_ids, block_position_ids = positions_of_columns(
+                position_ids, block_position_ids, 0, position_ids.shape[-1] + missing
+            )
+        model_inputs["position_ids"] = position_ids[:, -step_length:].clone(memory_format=torch.contiguous_format)
+        if block_position_ids is not None:
+            model_inputs["block_position_ids"] = block_position_ids[:, -step_length:].clone(
+                memory_format=torch.contiguous_format
+            )
         return model_inputs
 
     def _prepare_attention_mask_for_generation(
@@ -785,7 +886,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         """Keep the 2-D padding mask: the model builds GLM's mixed mask itself (also for static caches). On a
         static cache it is padded to the cache's size, so that every decode step has the same input shapes (one
         compiled graph instead of a recompilation per step); the causal rule hides the columns not yet filled."""
-        cache = kwargs.get("past_key_values")
+        cache = resolve_cache_argument(kwargs.get("past_key_values"), kwargs.get("cache"))
         if attention_mask is not None and attention_mask.dim() == 2 and cache is not None and cache.is_compileable:
             key_length = cache.get_mask_sizes(kwargs["inputs_embeds"].shape[1], 0)[0]
             if attention_mask.shape[-1] < key_length:
@@ -805,32 +906,41 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         and the model inputs): when every id that `max_cache_length` columns can reach fits the position tables,
         the forward passes skip their per-call check (a host-device sync each); otherwise they keep it and raise
         the clear error when an id actually goes past."""
-        model_kwargs["positions_checked"] = self._generation_positions_fit(model_kwargs, max_cache_length)
+        self.glm.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
+        given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
         )
-        cache = model_kwargs.get("past_key_values")
+        cache_key = "cache" if "cache" in model_kwargs else "past_key_values"
         default_cache = (
-            type(cache) is DynamicCache
-            and not getattr(cache, "_is_user_defined", False)
+            given is None
+            and type(model_kwargs.get(cache_key)) is DynamicCache
             and generation_config.cache_implementation in (None, "dynamic")
             and not generation_config.is_assistant
         )
         if default_cache:
-            model_kwargs["past_key_values"] = GLMDynamicCache(config=self.config)
+            model_kwargs[cache_key] = GLMDynamicCache(config=self.config)
+        cache = model_kwargs.get(cache_key)
+        if cache is not None and model_kwargs.get("position_ids") is not None:
+            # Kept with the cache, so that a later generate() from it continues this run's positions.
+            cache.glm_generation_run = GLMGenerationRun(
+                model_kwargs["position_ids"], model_kwargs.get("block_position_ids"), model_kwargs.get("prefix_length")
+            )
 
     def _generation_positions_fit(self, model_kwargs: dict[str, Any], total_columns: int) -> bool:
-        """Whether the prompt's ids and those of the new columns up to `total_columns` (as
-        `_update_model_kwargs_for_generation` extends them) all fit the position tables; one host sync."""
+        """Whether the given columns' ids and those of the new columns up to `total_columns` (as
+        `positions_of_columns` extends them) all fit the position tables; one host sync."""
         position_ids = model_kwargs.get("position_ids")
-        block_position_ids = model_kwargs.get("block_position_ids")
         if position_ids is None or position_ids.dim() != 2:
             return False
+        block_position_ids = model_kwargs.get("block_position_ids")
         growth = max(total_columns - position_ids.shape[-1], 0)
-        if block_position_ids is not None:  # new tokens keep the last position and count block positions up
-            largest = [position_ids.max(), block_position_ids.max(), block_position_ids[:, -1].max() + growth]
-        else:  # new tokens count positions up
-            largest = [position_ids.max(), position_ids[:, -1].max() + growth]
+        last_positions, last_blocks = positions_of_columns(
+            position_ids, block_position_ids, position_ids.shape[-1] - 1, 1 + growth
+        )
+        largest = [position_ids.max(), last_positions.max()]
+        if block_position_ids is not None:
+            largest += [block_position_ids.max(), last_blocks.max()]
         return int(torch.stack(largest).max()) < self.config.max_position_embeddings
 
     def _update_model_kwargs_for_generation(
@@ -840,23 +950,77 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         is_encoder_decoder: bool = False,
         num_new_tokens: int = 1,
     ) -> dict[str, Any]:
-        """New Part B tokens keep the last position and count block positions up (positions count up without
-        block positions)."""
+        """transformers' update, except for the positions: new tokens keep the last position and count block
+        positions up (`positions_of_columns`), where transformers would count positions up."""
         position_ids = model_kwargs.pop("position_ids", None)
         block_position_ids = model_kwargs.pop("block_position_ids", None)
         model_kwargs = super()._update_model_kwargs_for_generation(
             outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
         )
-        steps = torch.arange(1, num_new_tokens + 1, device=position_ids.device if position_ids is not None else None)
         if position_ids is not None:
-            if block_position_ids is not None:
-                new_positions = position_ids[:, -1:].expand(-1, num_new_tokens)
-                new_blocks = block_position_ids[:, -1:] + steps
-                model_kwargs["block_position_ids"] = torch.cat([block_position_ids, new_blocks], dim=-1)
-            else:
-                new_positions = position_ids[:, -1:] + steps
-            model_kwargs["position_ids"] = torch.cat([position_ids, new_positions], dim=-1)
+            model_kwargs["position_ids"], model_kwargs["block_position_ids"] = positions_of_columns(
+                position_ids, block_position_ids, 0, position_ids.shape[-1] + num_new_tokens
+            )
+        elif block_position_ids is not None:
+            model_kwargs["block_position_ids"] = block_position_ids
         return model_kwargs
+
+
+class GLMGenerationRun:
+    """The positions a `generate()` run gave its first columns and its `prefix_length`, kept on its cache so that a
+    later `generate()` from that cache continues them."""
+
+    def __init__(
+        self,
+        position_ids: torch.Tensor,
+        block_position_ids: torch.Tensor | None,
+        prefix_length: int | torch.Tensor | None,
+    ) -> None:
+        self.position_ids = position_ids
+        self.block_position_ids = block_position_ids
+        self.prefix_length = prefix_length
+
+    def for_batch(self, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int | torch.Tensor | None]:
+        """The run's positions and prefix length for `batch_size` rows: as they are, or repeated per row when the run
+        returned several sequences per prompt (beams, `num_return_sequences`); None for a batch of other prompts."""
+        rows = self.position_ids.shape[0]
+        if batch_size % rows:
+            return None, None, None
+        repeat = batch_size // rows
+
+        def expand(value: Any) -> Any:
+            if repeat == 1 or not torch.is_tensor(value) or value.dim() == 0:
+                return value
+            return value.repeat_interleave(repeat, dim=0)
+
+        return expand(self.position_ids), expand(self.block_position_ids), expand(self.prefix_length)
+
+
+def positions_of_columns(
+    position_ids: torch.Tensor, block_position_ids: torch.Tensor | None, start: int, length: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positions of the sequence columns `start .. start + length - 1`, given those of its first P columns: a later
+    column keeps the last position and takes block positions 1, 2, ... past the last one (GLM's Part B); without
+    block positions, positions count up."""
+    given = position_ids.shape[-1]
+    end = start + length
+    if end <= given:
+        blocks = block_position_ids[:, start:end] if block_position_ids is not None else None
+        return position_ids[:, start:end], blocks
+    first_new = max(start, given)
+    steps = torch.arange(first_new - given + 1, end - given + 1, device=position_ids.device)
+    if block_position_ids is not None:
+        new_positions = position_ids[:, -1:].expand(-1, steps.shape[0])
+        new_blocks = block_position_ids[:, -1:] + steps
+    else:
+        new_positions = position_ids[:, -1:] + steps
+        new_blocks = None
+    if start >= given:
+        return new_positions, new_blocks
+    positions = torch.cat([position_ids[:, start:], new_positions], dim=-1)
+    if block_position_ids is not None:
+        new_blocks = torch.cat([block_position_ids[:, start:], new_blocks], dim=-1)
+    return positions, new_blocks
 
 
 # ---- task heads ---------------------------------------------------------------------------------------------------
