@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,8 @@ from glm_hf.pretraining import (
     single_token_fill_accuracy,
     split_documents,
 )
+
+from conftest import ASSETS
 
 WORDS = "the king queen ghost castle night sword father mother son friend speaks walks sleeps sees a of and in".split()
 TINY_SHAPE = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,max_position_embeddings=65"
@@ -202,3 +207,47 @@ def test_every_evaluation_draws_the_same_masks_and_leaves_the_training_draws(tok
     first, second = trainer.evaluate()["eval_loss"], trainer.evaluate()["eval_loss"]
     assert first == second and math.isfinite(first)
     assert trainer.data_collator is collator and collator.count == 1
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (["--max_step", "2"], "unrecognized arguments: --max_step 2"),  # an abbreviation of --max_steps
+        (["--learning_rat", "1e-3"], "unrecognized arguments: --learning_rat 1e-3"),
+        (["--max_steps", "two"], "argument --max_steps/--max-steps: invalid int value: 'two'"),
+    ],
+)
+def test_pretrain_refuses_unknown_abbreviated_and_bad_options_with_the_short_usage(
+    tmp_path: Path, wrong: list[str], named: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pretrain", "--train_files", "corpus.txt", "--output_dir", str(tmp_path / "o"), *wrong])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert f"glm-hf pretrain: error: {named}" in stderr
+    assert len(stderr.splitlines()) == 2  # the short usage, not every TrainingArguments field
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(
+    not (ASSETS / "corpora" / "en" / "hamlet_gut.txt").is_file(), reason="needs the shared corpora ($GLM_HF_ASSETS)"
+)
+def test_the_readme_pretrain_example_runs_as_written_on_a_corpus_of_short_lines(tmp_path: Path) -> None:
+    """The README's command, with its placeholders filled (a verse corpus, the BERT vocabulary) and fewer steps."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"glm-hf pretrain (--train-files .*?)\n#", readme, re.DOTALL).group(1)
+    argv = shlex.split(re.sub(r"\[[^\]]*\]", "", command.replace("\\\n", " ")))
+    values = {"--train-files": [str(ASSETS / "corpora" / "en" / "hamlet_gut.txt")], "--vocab-dir": [str(ASSETS)]}
+    values.update({"--output-dir": [str(tmp_path / "run")], "--max-steps": ["4"], "--eval-steps": ["2"]})
+    filled: list[str] = []
+    for arg in argv:
+        if arg.startswith("--"):
+            option = arg
+            filled.append(arg)
+            filled.extend(values.get(option, []))
+        elif option not in values:
+            filled.append(arg)
+    cli_main(["pretrain", *filled])
+    metrics = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
+    assert math.isfinite(metrics["eval_loss"])
+    assert (tmp_path / "run" / "model.safetensors").is_file()

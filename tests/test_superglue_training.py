@@ -121,8 +121,29 @@ def test_command_line_takes_task_defaults_unless_given(tmp_path: Path) -> None:
     assert options.pattern_id == 2
     assert (args.learning_rate, args.num_train_epochs, args.eval_strategy) == (3e-5, 2, "no")
     assert args.per_device_train_batch_size == 64 and args.metric_for_best_model == "f1a"
-    with pytest.raises(SystemExit):
-        parse_arguments(["--task", "rte", "--data-dir", ".", "--model", ".", "--output-dir", "o", "--output_dir", "x"])
+    _, args = parse_arguments(["--task", "rte", "--data-dir", ".", "--model", ".", "--output_dir", "x"])
+    assert args.output_dir == "x"  # TrainingArguments' own spelling works like --output-dir
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (["--max_step", "2"], "unrecognized arguments: --max_step 2"),  # an abbreviation of --max_steps
+        (["--learning_rat", "1e-3"], "unrecognized arguments: --learning_rat 1e-3"),
+        (["--max", "2"], "unrecognized arguments: --max 2"),  # would abbreviate --max-length
+        (["--learning_rate", "fast"], "argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
+    ],
+)
+def test_command_line_refuses_unknown_abbreviated_and_bad_options_with_the_short_usage(
+    wrong: list[str], named: str, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--task", "rte", "--data-dir", ".", "--model", ".", "--output-dir", "o", *wrong]
+    with pytest.raises(SystemExit) as exit_info:
+        parse_arguments(argv, prog="glm-hf finetune")
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert f"glm-hf finetune: error: {named}" in stderr
+    assert stderr.startswith("usage: glm-hf finetune") and len(stderr.splitlines()) < 12  # not every TrainingArgument
 
 
 @needs_assets

@@ -429,12 +429,32 @@ class DataCollatorForBlankInfilling:
             if any(label != IGNORE_INDEX for row in rows for label in row.labels):
                 break
         else:
+            documents = sorted(self._document_lengths(samples))
             raise ValueError(
-                f"{MAX_REDRAWS} draws left no blank in this batch: its samples ({[len(s) for s in samples]} tokens) "
-                f"are too short for bert_ratio={self.bert_ratio}; pack short documents together (pack_documents)."
+                f"{MAX_REDRAWS} draws left no blank in this batch: blanks must lie inside one document, and its "
+                f"{len(documents)} documents are short (median {documents[len(documents) // 2]} tokens, longest "
+                f"{documents[-1]}; samples of {[len(s) for s in samples]} tokens). A corpus with a document per short "
+                "line (verse, dialogue) needs its lines joined into longer documents: glm-hf pretrain --join-lines "
+                "100 (in Python: group_lines(texts, 100) before pack_documents)."
             )
         self.last_objective = objective
         return self._pad(rows)
+
+    def _document_lengths(self, samples: list[list[int]]) -> list[int]:
+        """Token counts of the documents packed in `samples` (each `[CLS] ids [eos]`, the ids counted)."""
+        lengths = []
+        for tokens in samples:
+            length = 0
+            for token in tokens:
+                if token in (self.cls_id, self.eos_id):
+                    if length:
+                        lengths.append(length)
+                    length = 0
+                else:
+                    length += 1
+            if length:
+                lengths.append(length)
+        return lengths or [0]
 
     def _prepare(self, features: Sequence[Mapping[str, Any]]) -> list[list[int]]:
         """Token lists starting with [CLS], cut to `max_length`; too-short samples skipped (counted)."""

@@ -9,6 +9,7 @@ the usual `TrainingArguments` flags.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from .blank_infilling import DataCollatorForBlankInfilling, pack_documents, read_corpus
 from .modeling import FAMILY_TOKEN_IDS, PRESETS, GLMConfig, GLMForConditionalGeneration
 from .tokenization_glm import build_tokenizer
+from .training_arguments import parse_strict
 from .visualize import write_atomic
 
 
@@ -320,6 +322,21 @@ class BlankInfillingTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def check_first_batches(
+    collator: DataCollatorForBlankInfilling,
+    train_samples: Sequence[dict[str, Any]],
+    eval_samples: Sequence[dict[str, Any]],
+    training_args: TrainingArguments,
+) -> None:
+    """Collate a first training and evaluation batch on a copy of the collator (its draw counter untouched), so
+    that a corpus the objective cannot use (documents too short for a blank) fails now, not at the first evaluation
+    minutes into training."""
+    probe = copy.deepcopy(collator)
+    probe(list(train_samples[: training_args.per_device_train_batch_size]))
+    if len(eval_samples):
+        probe(list(eval_samples[: training_args.per_device_eval_batch_size]))
+
+
 def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments) -> dict[str, float]:
     """Train, evaluate, save the model and tokenizer to `output_dir`; returns the final metrics."""
     tokenizer = load_tokenizer(args)
@@ -351,6 +368,7 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
         task_mask=args.task_mask,
         seed=training_args.seed,
     )
+    check_first_batches(collator, train_samples, eval_samples, training_args)
     training_args.prediction_loss_only = True  # evaluation reports the loss; logits of a whole set would not fit
     trainer = BlankInfillingTrainer(
         model=model,
@@ -376,8 +394,10 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """`glm-hf pretrain` / `examples/pretrain.py`: parse `PretrainingArguments` + `TrainingArguments`, train."""
-    parser = HfArgumentParser((PretrainingArguments, TrainingArguments), prog="glm-hf pretrain")
-    args, training_args = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    args, training_args = parse_strict((PretrainingArguments, TrainingArguments), argv, prog="glm-hf pretrain")
     torch.manual_seed(training_args.seed)
     return run_pretraining(args, training_args)
 

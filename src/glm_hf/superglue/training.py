@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from ..infill_cli import write_jsonl
+from ..training_arguments import given_fields, strict_parser
 from .features import DataCollatorForCloze, SuperGLUEDataset
 from .metrics import compute_task_metrics, predicted_labels
 from .predictions import write_predictions
@@ -250,6 +250,7 @@ def build_argument_parser(prog: str = "run_superglue.py") -> argparse.ArgumentPa
     """The task options; every other option is a `TrainingArguments` field (e.g. --learning_rate 2e-5)."""
     parser = argparse.ArgumentParser(
         prog=prog,
+        allow_abbrev=False,
         description="Fine-tune GLM on a SuperGLUE task with cloze patterns (the original finetune_glm.py recipe). "
         "Options not listed here are TrainingArguments fields (--learning_rate, --num_train_epochs, "
         "--per_device_train_batch_size, --bf16, ...); unset ones take the task's released defaults.",
@@ -259,7 +260,7 @@ def build_argument_parser(prog: str = "run_superglue.py") -> argparse.ArgumentPa
         "--data-dir", required=True, type=Path, help="folder with train.jsonl, val.jsonl[, test.jsonl]"
     )
     parser.add_argument("--model", required=True, type=Path, help="GLM model folder (with its tokenizer)")
-    parser.add_argument("--output-dir", required=True, type=Path)
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True, type=Path)
     parser.add_argument("--pattern-id", type=int, default=None, help="default: the released pattern of the task")
     parser.add_argument("--max-length", type=int, default=None, help="default: the task's (128, 256 or 512)")
     parser.add_argument(
@@ -272,27 +273,20 @@ def build_argument_parser(prog: str = "run_superglue.py") -> argparse.ArgumentPa
     return parser
 
 
-def _given_fields(argv: Sequence[str]) -> set[str]:
-    """The TrainingArguments fields named on the command line (`--name`, `--name=value`, dashes or underscores)."""
-    names = set()
-    for arg in argv:
-        match = re.match(r"^--([A-Za-z0-9_-]+)", arg)
-        if match:
-            names.add(match.group(1).replace("-", "_"))
-    return names
-
-
 def parse_arguments(
     argv: Sequence[str], prog: str = "run_superglue.py"
 ) -> tuple[argparse.Namespace, TrainingArguments]:
-    """The task options and the `TrainingArguments` (task defaults where the command line sets nothing)."""
-    options, rest = build_argument_parser(prog).parse_known_args(list(argv))
-    if "output_dir" in _given_fields(rest):
-        raise SystemExit(f"{prog}: error: use --output-dir (not --output_dir) for the output folder.")
-    (given,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
-        [*rest, "--output_dir", str(options.output_dir)]
+    """The task options and the `TrainingArguments` (task defaults where the command line sets nothing).
+
+    Options are spelled in full: an unknown or abbreviated one is an error naming it (a misspelled
+    `--learning_rat` must not train at the default rate), and errors print this job's usage."""
+    task_parser = build_argument_parser(prog)
+    options, rest = task_parser.parse_known_args(list(argv))
+    explicit_names = given_fields(TrainingArguments, rest, prog, error=task_parser.error)
+    (given,) = strict_parser(TrainingArguments, prog, error=task_parser.error).parse_args_into_dataclasses(
+        args=[*rest, "--output_dir", str(options.output_dir)]
     )
-    explicit = {name: getattr(given, name) for name in _given_fields(rest) if hasattr(given, name)}
+    explicit = {name: getattr(given, name) for name in explicit_names - {"output_dir"}}
     return options, default_training_arguments(options.task, options.output_dir, **explicit)
 
 
