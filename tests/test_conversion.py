@@ -79,12 +79,12 @@ def test_model_parallel_shards_merge_to_the_released_tensors_bitwise(tmp_path):
 
 
 def test_hyper_parameters_come_from_the_tensors(tmp_path):
-    report = convert(CHECKPOINTS / "released", tmp_path / "out", num_attention_heads=None)
+    report = convert(CHECKPOINTS / "released", tmp_path / "out")
     config = report.config
     assert (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (96, 64, 2)
     assert config.max_position_embeddings == 33 and config.block_position_encoding
     assert config.intermediate_size == 256
-    assert config.num_attention_heads == 1  # hidden / 64: the released models' head size
+    assert config.num_attention_heads == 4
     assert report.dtype == torch.float16  # auto keeps the checkpoint's dtype
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["model_type"] == "glm_blocklm" and saved["architectures"] == ["GLMForConditionalGeneration"]
@@ -326,3 +326,41 @@ def test_split_refuses_a_fused_qkv_that_is_not_three_blocks():
 
     with pytest.raises(ValueError, match="multiple of 3"):
         split_partitions("transformer.layers.0.attention.query_key_value.weight", torch.zeros(7, 2), 2)
+
+
+@pytest.mark.parametrize("layout", ["released", "released_MP2"])
+def test_a_head_count_the_checkpoint_cannot_tell_is_required_never_guessed(tmp_path, layout):
+    """The tensors do not record the head count, and the fixture's shapes (2 x 64) are no released GLM's."""
+    with pytest.raises(CheckpointError, match=r"does not record its number of attention heads.*--num-attention-heads"):
+        convert(CHECKPOINTS / layout, tmp_path / "out", num_attention_heads=None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "heads, message",
+    [
+        (0, "gives 0 attention heads; it must be a positive whole number"),
+        (-4, "gives -4 attention heads"),
+        (3, "hidden size 64 is not a multiple of it"),
+        (1, "2 model-parallel shards, which split whole heads: the count must be a multiple of 2"),
+    ],
+)
+def test_a_head_count_the_shapes_contradict_is_refused(tmp_path, heads, message):
+    with pytest.raises(CheckpointError, match=message):
+        convert(CHECKPOINTS / "released_MP2", tmp_path / "out", num_attention_heads=heads)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_head_count_of_a_released_shape_comes_from_its_preset():
+    from glm_hf.conversion.convert import infer_num_attention_heads
+
+    assert infer_num_attention_heads(2048, 36, 2, None, None) == 32  # glm-2b
+    assert infer_num_attention_heads(1152, 30, 1, None, None) == 18  # glm-515m
+    assert infer_num_attention_heads(64, 2, 1, None, {"num_attention_heads": 4}) == 4  # THUDM's config.json
+    with pytest.raises(CheckpointError, match="num_attention_heads in the checkpoint's config.json gives '4'"):
+        infer_num_attention_heads(64, 2, 1, None, {"num_attention_heads": "4"})
+
+
+def test_cli_num_attention_heads_zero_is_a_clean_error(tmp_path):
+    with pytest.raises(SystemExit, match="glm-hf convert: error: --num-attention-heads gives 0 attention heads"):
+        main(["convert", str(CHECKPOINTS / "released"), str(tmp_path / "out"), "--num-attention-heads", "0"])

@@ -235,7 +235,10 @@ def test_fill_blanks_with_a_real_tokenizer_equals_a_cache_free_reference(family,
 
 def test_convert_writes_tokenizer_files_that_autotokenizer_loads(tmp_path, capsys):
     output = tmp_path / "converted"
-    main(["convert", str(RELEASED), str(output), "--tokenizer", "bert-base-uncased", "--vocab-dir", str(ASSETS)])
+    main(
+        ["convert", str(RELEASED), str(output), "--num-attention-heads", "4"]
+        + ["--tokenizer", "bert-base-uncased", "--vocab-dir", str(ASSETS)]
+    )
     capsys.readouterr()
     loaded = AutoTokenizer.from_pretrained(output)
     assert isinstance(loaded, GLMTokenizerFast)
@@ -254,7 +257,10 @@ def test_convert_with_an_empty_vocab_dir_fails_naming_the_file_and_writes_nothin
     empty.mkdir()
     output = tmp_path / "converted"
     with pytest.raises(SystemExit) as raised:
-        main(["convert", str(RELEASED), str(output), "--tokenizer", "bert-base-uncased", "--vocab-dir", str(empty)])
+        main(
+            ["convert", str(RELEASED), str(output), "--num-attention-heads", "4"]
+            + ["--tokenizer", "bert-base-uncased", "--vocab-dir", str(empty)]
+        )
     assert "bert-base-uncased-vocab.txt" in str(raised.value)
     assert not output.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]  # no staging folder left behind

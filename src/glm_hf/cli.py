@@ -113,7 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", type=Path, help="checkpoint folder (released, flat or Hub layout) or .pt/.bin file")
     convert.add_argument("output", type=Path, help="folder to create")
     convert.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    convert.add_argument("--num-attention-heads", type=int, default=None, help="default: hidden size / 64")
+    convert.add_argument(
+        "--num-attention-heads",
+        type=int,
+        default=None,
+        help="default: the checkpoint's config.json, else the released model of its shape; required otherwise",
+    )
     convert.add_argument("--tokenizer", default=None, metavar="FAMILY", help="tokenizer family (special token ids)")
     convert.add_argument("--vocab-dir", type=Path, default=None, help="folder with the family's vocabulary files")
     convert.add_argument("--max-shard-size", default="5GB")

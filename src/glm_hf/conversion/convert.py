@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..modeling.configuration_glm import FAMILY_TOKEN_IDS, GLMConfig
+from ..modeling.configuration_glm import FAMILY_TOKEN_IDS, PRESETS, GLMConfig
 from ..modeling.modeling_glm import glm_generation_config
 from .atomic import atomic_output_folder
 from .checkpoint import CheckpointError, CheckpointSource, load_checkpoint_file, locate_checkpoint, model_state_dict
@@ -27,7 +27,6 @@ from .merge import FUSED_QKV, REPLICATED, merge_partitions, partition_rule
 from .safetensors_writer import PlannedTensor, write_sharded_safetensors
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-HEAD_SIZE = 64  # every released GLM uses 64-wide heads
 SPECIAL_TOKEN_FIELDS = tuple(FAMILY_TOKEN_IDS["gpt2"])
 
 
@@ -82,23 +81,58 @@ def merged_shape(name: str, shapes: list[torch.Size]) -> tuple[int, ...]:
     return tuple(merged)
 
 
+def infer_num_attention_heads(
+    hidden_size: int,
+    num_layers: int,
+    num_shards: int,
+    given: int | None,
+    hub_config: Mapping[str, Any] | None,
+) -> int:
+    """The head count: given (`--num-attention-heads`), else THUDM's Hub config, else that of the released preset
+    with these shapes. The tensors cannot tell it (the fused projection is [3h, h] whatever the count), so a shape no
+    release has needs the flag; a count the shards contradict (n model-parallel shards split whole heads) is refused.
+    """
+    source = "--num-attention-heads"
+    if given is None and hub_config is not None and hub_config.get("num_attention_heads") is not None:
+        given, source = hub_config["num_attention_heads"], "num_attention_heads in the checkpoint's config.json"
+    if given is None:
+        shape = (num_layers, hidden_size)
+        counts = {heads for layers, hidden, heads, *_ in PRESETS.values() if (layers, hidden) == shape}
+        if len(counts) != 1:
+            raise CheckpointError(
+                f"The checkpoint does not record its number of attention heads, and its shapes ({num_layers} layers, "
+                f"hidden size {hidden_size}) are those of no released GLM: pass --num-attention-heads N, the value "
+                "the model was trained with (the original's --num-attention-heads)"
+                + (f"; with {num_shards} model-parallel shards, a multiple of {num_shards}." if num_shards > 1 else "")
+            )
+        given, source = counts.pop(), f"the released GLM of {num_layers} layers x {hidden_size}"
+    if isinstance(given, bool) or not isinstance(given, int) or given <= 0:
+        raise CheckpointError(f"{source} gives {given!r} attention heads; it must be a positive whole number.")
+    if hidden_size % given:
+        raise CheckpointError(
+            f"{source} gives {given} attention heads, but the hidden size {hidden_size} is not a multiple of it."
+        )
+    if given % num_shards:
+        raise CheckpointError(
+            f"{source} gives {given} attention heads, but the checkpoint has {num_shards} model-parallel shards, "
+            f"which split whole heads: the count must be a multiple of {num_shards}."
+        )
+    return given
+
+
 def infer_config(
     shapes: Mapping[str, tuple[int, ...]],
     num_attention_heads: int | None,
     tokenizer_family: str | None,
     hub_config: Mapping[str, Any] | None,
+    num_shards: int = 1,
 ) -> GLMConfig:
-    """The GLMConfig of a backbone, from its tensor shapes (and THUDM's Hub config for the head count)."""
+    """The GLMConfig of a backbone, from its tensor shapes (and `infer_num_attention_heads` for the head count)."""
     vocab_size, hidden_size = shapes["word_embeddings.weight"]
     num_layers = 1 + max(int(name.split(".")[2]) for name in shapes if name.startswith("transformer.layers."))
-    if num_attention_heads is None and hub_config is not None:
-        num_attention_heads = hub_config.get("num_attention_heads")
-    if num_attention_heads is None:
-        num_attention_heads = max(1, hidden_size // HEAD_SIZE)
-    if hidden_size % num_attention_heads:
-        raise CheckpointError(
-            f"hidden size {hidden_size} is not divisible by {num_attention_heads} heads; pass --num-attention-heads."
-        )
+    num_attention_heads = infer_num_attention_heads(
+        hidden_size, num_layers, num_shards, num_attention_heads, hub_config
+    )
     if tokenizer_family is not None and tokenizer_family not in FAMILY_TOKEN_IDS:
         raise CheckpointError(f"Unknown tokenizer family {tokenizer_family!r}; known: {', '.join(FAMILY_TOKEN_IDS)}.")
     special_ids = FAMILY_TOKEN_IDS[tokenizer_family] if tokenizer_family else dict.fromkeys(SPECIAL_TOKEN_FIELDS, None)
@@ -229,7 +263,7 @@ def convert_checkpoint(
     vocab_size, hidden_size = shapes["word_embeddings.weight"]
     num_layers = 1 + max(int(name.split(".")[2]) for name in shapes if name.startswith("transformer.layers."))
     family = tokenizer_family or guess_tokenizer_family(vocab_size, hidden_size, num_layers)
-    config = infer_config(shapes, num_attention_heads, family, loaded.source.hub_config)
+    config = infer_config(shapes, num_attention_heads, family, loaded.source.hub_config, num_shards=len(loaded.shards))
     config.dtype = torch_dtype
 
     with atomic_output_folder(output, overwrite) as staging:
