@@ -166,6 +166,39 @@ def _missing_code(folder: Path) -> None:
     (folder / "modeling_glm.py").unlink()
 
 
+def _link_outside(folder: Path) -> None:
+    outside = folder.parent / "secret.txt"
+    outside.write_text("not for upload")
+    (folder / "notes.txt").symlink_to(outside)
+
+
+def _truncated_weights(folder: Path) -> None:
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:-100])
+
+
+def _trailing_bytes(folder: Path) -> None:
+    with open(folder / "model.safetensors", "ab") as handle:
+        handle.write(b"\0" * 16)
+
+
+def _wrong_tensor_size(folder: Path) -> None:
+    data = (folder / "model.safetensors").read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    name = next(key for key in header if key != "__metadata__")
+    header[name]["shape"] = [*header[name]["shape"], 2]  # twice the elements in the same bytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (length - len(text)) if len(text) <= length else b""
+    assert len(text) == length
+    (folder / "model.safetensors").write_bytes(data[:8] + text + data[8 + length :])
+
+
+def _config_that_cannot_load(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_attention_heads": 3}))
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
@@ -175,6 +208,11 @@ def _missing_code(folder: Path) -> None:
         (_no_weights, "neither model.safetensors"),
         (_not_safetensors, "not a safetensors file"),
         (_missing_code, "modeling_glm.py"),
+        (_link_outside, "notes.txt is a link to .*secret.txt, outside"),
+        (_truncated_weights, "the file holds .* bytes of data \\(truncated or damaged"),
+        (_trailing_bytes, "16 bytes of data follow the last tensor"),
+        (_wrong_tensor_size, "but its dtype and shape need"),
+        (_config_that_cannot_load, "does not load as a GLM configuration"),
     ],
 )
 def test_refused_before_anything_is_uploaded(plain_folder: Path, damage, reason: str) -> None:
@@ -419,3 +457,38 @@ def test_convert_cli_remote_code(tmp_path: Path) -> None:
     assert "--remote-code" in (output / "README.md").read_text()
     hub.check_converted_folder(output)
     shutil.rmtree(output)
+
+
+def test_trainer_state_and_excluded_files_stay_behind_with_a_note(
+    plain_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (plain_folder / "checkpoint-10").mkdir()
+    torch.save({"step": 10}, plain_folder / "checkpoint-10" / "optimizer.pt")
+    torch.save({"lr": 1.0}, plain_folder / "training_args.bin")
+    (plain_folder / "trainer_state.json").write_text("{}")
+    (plain_folder / "notes.md").write_text("draft")
+    api = FakeApi()
+    operations = hub.push_folder(plain_folder, "user/glm", api=api, exclude=["notes.*"], dry_run=True)
+    assert api.calls == []  # a dry run touches no network
+    names = {operation.path_in_repo for operation in operations}
+    assert "model.safetensors" in names and not names & {"training_args.bin", "trainer_state.json", "notes.md"}
+    assert not any(name.startswith("checkpoint-") for name in names)
+    out = capsys.readouterr().out
+    assert out.startswith("Would upload")
+    assert (
+        "left out (training state or --exclude): checkpoint-10, notes.md, trainer_state.json, training_args.bin" in out
+    )
+    hub.push_folder(plain_folder, "user/glm", api=api, exclude=["notes.*"], show_progress=False)
+    committed = {operation.path_in_repo for operation in api.calls[-1][1]["operations"]}
+    assert committed == names
+
+
+def test_cli_push_dry_run_checks_and_lists_without_uploading(
+    plain_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    main(["push", str(plain_folder), "user/glm", "--dry-run"])
+    out = capsys.readouterr().out
+    assert "model.safetensors" in out and "dry run: every check passed; nothing was uploaded" in out
+    _truncated_weights(plain_folder)
+    with pytest.raises(SystemExit, match="glm-hf push: error: .*truncated or damaged"):
+        main(["push", str(plain_folder), "user/glm", "--dry-run"])

@@ -44,9 +44,18 @@ def _push(args: argparse.Namespace) -> None:
     from .hub import push_folder
 
     info = push_folder(
-        args.folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        exclude=args.exclude,
+        dry_run=args.dry_run,
     )
-    print(f"committed: {getattr(info, 'commit_url', info)}")
+    if args.dry_run:
+        print("dry run: every check passed; nothing was uploaded")
+    else:
+        print(f"committed: {getattr(info, 'commit_url', info)}")
 
 
 def _export_remote_code(args: argparse.Namespace) -> None:
@@ -170,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repository private")
     push.add_argument("--revision", default=None, help="branch to commit to (created if needed; default main)")
     push.add_argument("--commit-message", default=None)
+    push.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out files matching PATTERN (fnmatch, relative to FOLDER; repeatable); Trainer state always is",
+    )
+    push.add_argument("--dry-run", action="store_true", help="run every check and list the files; upload nothing")
     push.set_defaults(run=_push)
 
     remote = jobs.add_parser(

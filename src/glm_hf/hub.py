@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,23 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Left out of an upload: version-control/cache folders, editor and staging leftovers.
 SKIPPED_NAMES = ("__pycache__",)
 SKIPPED_SUFFIXES = (".pyc", ".partial", ".tmp", ".lock", ".incomplete", "~")
+# Trainer state that `glm-hf pretrain` / `finetune` (transformers' Trainer) leave beside the model: left out of an
+# upload, with a note. Patterns match a path relative to the folder, or its first folder.
+TRAINING_STATE_PATTERNS = (
+    "checkpoint-*",
+    "runs",
+    "training_args.bin",
+    "trainer_state.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state*.pth",
+)
+# Bytes per element of the safetensors dtypes, to check each tensor's byte range against its shape.
+SAFETENSORS_ITEM_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
 
 # The flat remote-code files and the package modules they are generated from.
 REMOTE_CODE_MODULES: dict[str, str] = {
@@ -62,15 +80,18 @@ class NotAConvertedFolder(ValueError):
 # --- checking and uploading ------------------------------------------------------------------------------------
 
 
-def check_converted_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
+def check_converted_folder(folder: str | os.PathLike[str], exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Refuse (`NotAConvertedFolder`, with the reason) a folder that is not a converted GLM; return its config.
 
-    A converted folder has a `config.json` of model type "glm_blocklm", its safetensors weights (every shard the
-    index names, or `model.safetensors`), no pickled weights, and every remote-code file its `auto_map` names.
+    A converted folder has a `config.json` of model type "glm_blocklm" that loads as a `GLMConfig`, its safetensors
+    weights (every shard the index names, or `model.safetensors`, each with a readable header whose tensors lie
+    inside the file), no pickled weights, no link to anything outside it, and every remote-code file its `auto_map`
+    names. Training state and `exclude` patterns are not checked (they are not uploaded).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise NotAConvertedFolder(f"{folder} is not a folder.")
+    _check_links(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise NotAConvertedFolder(f"{folder} has no config.json: not a converted GLM folder (run `glm-hf convert`).")
@@ -83,7 +104,11 @@ def check_converted_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise NotAConvertedFolder(
             f"{config_path} has model_type {found!r}, not {MODEL_TYPE!r}: not a converted GLM folder."
         )
-    pickles = [str(path.relative_to(folder)) for path in _files(folder) if _is_pickle(path)]
+    try:
+        GLMConfig.from_dict(config)
+    except Exception as error:  # noqa: BLE001 (strict dataclass checks raise their own types; every one refuses)
+        raise NotAConvertedFolder(f"{config_path} does not load as a GLM configuration: {error}") from None
+    pickles = [str(path.relative_to(folder)) for path in _files(folder, exclude) if _is_pickle(path)]
     if pickles:
         raise NotAConvertedFolder(
             f"{folder} holds pickled files ({', '.join(pickles)}); only safetensors are uploaded: remove them first."
@@ -126,16 +151,60 @@ def _auto_map_references(auto_map: Any) -> list[str]:
 
 
 def _check_safetensors_header(path: Path) -> None:
-    """A safetensors file starts with an 8-byte little-endian header length and a JSON header."""
+    """A safetensors file: an 8-byte little-endian header length, a JSON header, and a body that holds every tensor
+    the header names at its byte range (of the size its dtype and shape need), up to the body's end."""
+    size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-        if not 0 < length <= path.stat().st_size - 8:
+        if not 0 < length <= size - 8:
             raise NotAConvertedFolder(f"{path} is not a safetensors file (bad header length).")
         try:
-            json.loads(handle.read(length))
+            header = json.loads(handle.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise NotAConvertedFolder(f"{path} is not a safetensors file (unreadable header).") from None
+    if not isinstance(header, dict):
+        raise NotAConvertedFolder(f"{path} is not a safetensors file (its header is no JSON object).")
+    body = size - 8 - length
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = entry["data_offsets"]
+            count = 1
+            for dim in entry["shape"]:
+                count *= int(dim)
+            needed = count * SAFETENSORS_ITEM_SIZES[entry["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise NotAConvertedFolder(f"{path}: the header entry of {name!r} is malformed: {entry!r}.") from None
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= body):
+            raise NotAConvertedFolder(
+                f"{path}: tensor {name!r} lies at bytes {start}..{stop} of the data, but the file holds {body} bytes "
+                "of data (truncated or damaged: convert again)."
+            )
+        if stop - start != needed:
+            raise NotAConvertedFolder(
+                f"{path}: tensor {name!r} takes {stop - start} bytes, but its dtype and shape need {needed}."
+            )
+        end = max(end, stop)
+    if end != body:
+        raise NotAConvertedFolder(f"{path}: {body - end} bytes of data follow the last tensor (damaged file).")
+
+
+def _check_links(folder: Path) -> None:
+    """Refuse a symbolic link under `folder` that leads outside it (an upload would send what it points to)."""
+    root = folder.resolve()
+    for base, dirs, names in os.walk(folder):
+        for name in [*dirs, *names]:
+            path = Path(base) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if target != root and root not in target.parents:
+                    raise NotAConvertedFolder(
+                        f"{path} is a link to {target}, outside {folder}: an upload would send that file. Copy what "
+                        "belongs to the model into the folder, or remove the link."
+                    )
 
 
 def _skipped(relative: Path) -> bool:
@@ -149,23 +218,41 @@ def _is_pickle(path: Path) -> bool:
     return path.name.lower().endswith(PICKLE_SUFFIXES)
 
 
-def _files(folder: Path) -> list[Path]:
-    """Every regular file under `folder`, sorted, without hidden, cache and staging files (pickles included)."""
+def _left_out(relative: Path, exclude: Sequence[str]) -> bool:
+    """Training state (`TRAINING_STATE_PATTERNS`) or an `exclude` pattern (matched against the relative POSIX path or
+    its first part)."""
+    candidates = (relative.as_posix(), relative.parts[0])
+    return any(fnmatch(text, pattern) for pattern in (*TRAINING_STATE_PATTERNS, *exclude) for text in candidates)
+
+
+def _files(folder: Path, exclude: Sequence[str] = ()) -> list[Path]:
+    """Every regular file under `folder`, sorted, without hidden, cache and staging files, training state and
+    `exclude` patterns (pickles included)."""
     found = []
     for root, dirs, names in os.walk(folder):
         base = Path(root)
         dirs[:] = sorted(name for name in dirs if not _skipped((base / name).relative_to(folder)))
         found += [base / name for name in names if (base / name).is_file()]
-    return sorted(path for path in found if not _skipped(path.relative_to(folder)))
+    kept = (path.relative_to(folder) for path in found)
+    return sorted(folder / path for path in kept if not _skipped(path) and not _left_out(path, exclude))
 
 
-def upload_operations(folder: str | os.PathLike[str]) -> list[CommitOperationAdd]:
-    """The `CommitOperationAdd`s of a commit of `folder`: every file (relative POSIX paths) except pickles and hidden,
-    cache or staging files. Each operation hashes its file (its `upload_info` holds the size and sha256)."""
+def left_out_training_state(folder: str | os.PathLike[str], exclude: Sequence[str] = ()) -> list[str]:
+    """The top-level names under `folder` that an upload leaves out as training state or by `exclude`."""
+    folder = Path(folder)
+    return sorted(
+        path.name for path in folder.iterdir() if not _skipped(Path(path.name)) and _left_out(Path(path.name), exclude)
+    )
+
+
+def upload_operations(folder: str | os.PathLike[str], exclude: Sequence[str] = ()) -> list[CommitOperationAdd]:
+    """The `CommitOperationAdd`s of a commit of `folder`: every file (relative POSIX paths) except pickles, hidden,
+    cache or staging files, training state and `exclude` patterns. Each operation hashes its file (its
+    `upload_info` holds the size and sha256)."""
     folder = Path(folder)
     return [
         CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
-        for path in _files(folder)
+        for path in _files(folder, exclude)
         if not _is_pickle(path)
     ]
 
@@ -179,25 +266,36 @@ def push_folder(
     api: Any = None,
     token: str | bool | None = None,
     show_progress: bool = True,
+    exclude: Sequence[str] = (),
+    dry_run: bool = False,
 ) -> Any:
     """Upload a converted folder to the Hub model repository `repo_id` in one commit; returns the `CommitInfo`.
 
     The folder is checked first (`check_converted_folder`); the repository is created if needed
     (`exist_ok=True`, `private` applies to a new one) and so is the branch `revision`. `api` defaults to
-    `huggingface_hub.HfApi()`; the login is `hf auth login` or `HF_TOKEN`, or pass `token`.
+    `huggingface_hub.HfApi()`; the login is `hf auth login` or `HF_TOKEN`, or pass `token`. Trainer state
+    (`checkpoint-*/`, `training_args.bin`, ...) and `exclude` patterns (fnmatch, on paths relative to the folder)
+    stay behind, with a note. `dry_run`: every check and the list of files, then the operations are returned and
+    nothing touches the network.
     """
     folder = Path(folder)
-    check_converted_folder(folder)
+    check_converted_folder(folder, exclude)
+    operations = upload_operations(folder, exclude)
+    left_out = left_out_training_state(folder, exclude)
+    if show_progress or dry_run:
+        total = sum(operation.upload_info.size for operation in operations)
+        verb = "Would upload" if dry_run else "Uploading"
+        print(f"{verb} {len(operations)} files ({_human(total)}) from {folder} to {repo_id}@{revision or 'main'}:")
+        for operation in operations:
+            print(f"  {operation.path_in_repo} ({_human(operation.upload_info.size)})")
+        if left_out:
+            print(f"left out (training state or --exclude): {', '.join(left_out)}")
+    if dry_run:
+        return operations
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi()
-    operations = upload_operations(folder)
-    if show_progress:
-        total = sum(operation.upload_info.size for operation in operations)
-        print(f"Uploading {len(operations)} files ({_human(total)}) from {folder} to {repo_id}@{revision or 'main'}:")
-        for operation in operations:
-            print(f"  {operation.path_in_repo} ({_human(operation.upload_info.size)})")
     created = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model", token=token)
     repo_id = getattr(created, "repo_id", None) or repo_id
     if revision is not None and not revision.startswith("refs/pr/"):
