@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +246,54 @@ def test_cli_input_lines_break_at_newlines_only(tmp_path):
     source = tmp_path / "texts.jsonl"
     source.write_text(json.dumps({"text": "one\u2028two [MASK]"}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert read_texts(source) == ["one\u2028two [MASK]"]
+
+
+def test_cli_infill_refuses_texts_the_model_cannot_fill_before_filling_any(tmp_path):
+    """The embedded default model (BERT vocabulary) has no [sMASK] / [gMASK]: the texts using them are named, up
+    front, and no other text's work is lost half-way."""
+    source = tmp_path / "texts.txt"
+    source.write_text("the [MASK] is out of joint .\nthe rest is [sMASK] .\ngood night , sweet [MASK] .\na [gMASK]\n")
+    output = tmp_path / "filled.jsonl"
+    with pytest.raises(SystemExit) as raised:
+        main(["infill", "--input", str(source), "--output", str(output), "--max-new-tokens", "2"])
+    message = str(raised.value)
+    assert "2 of the 4 texts of" in message and "nothing was filled" in message
+    assert "text 2 ('the rest is [sMASK] .'): This model's vocabulary has no [sMASK]" in message
+    assert "text 4 ('a [gMASK]'): This model's vocabulary has no [gMASK]" in message
+    assert "text 1" not in message and not output.exists()
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_cli_infill_writes_the_format_its_output_extension_names(tmp_path, capsys, suffix):
+    output = tmp_path / f"filled{suffix}"
+    main(["infill", TEXTS[1], TEXTS[0], "--output", str(output), "--max-new-tokens", "2"])
+    lines = output.read_text().splitlines()
+    said = capsys.readouterr().out
+    if suffix == ".txt":
+        assert "(the filled texts, one per line)" in said
+        assert lines[0].startswith("a bird ") and "[MASK]" not in lines[0] and not lines[0].startswith("{")
+    else:
+        assert "(JSON Lines: text, filled_text, spans)" in said
+        assert json.loads(lines[0])["text"] == TEXTS[1]
+    with pytest.raises(SystemExit, match=r"give a \.jsonl path .* or a \.txt path"):
+        main(["infill", TEXTS[1], "--output", str(tmp_path / "filled.csv")])
+
+
+def test_commands_on_small_models_print_no_progress_bars_or_false_warnings(tmp_path):
+    """glm-hf on the 9 MB embedded model and the tiny fixtures: no "Loading weights" / "Splitting" / "Writing
+    tensors" bars, no warnings (a real terminal's stderr is checked, in a subprocess)."""
+    import subprocess
+    import sys
+
+    checkpoint = Path(__file__).parent / "fixtures" / "original_checkpoints" / "released"
+    commands = [
+        ["demo", "--output", str(tmp_path / "demo")],
+        ["infill", TEXTS[1], "--max-new-tokens", "2"],
+        ["convert", str(checkpoint), str(tmp_path / "converted"), "--num-attention-heads", "4"],
+        ["export-original", str(tmp_path / "converted"), str(tmp_path / "original"), "--mp", "2"],
+    ]
+    for command in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "glm_hf.cli", *command], capture_output=True, text=True, check=True
+        )
+        assert result.stderr == "", (command, result.stderr)

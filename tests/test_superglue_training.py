@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import glm_hf
 from glm_hf.superglue import (
@@ -186,7 +187,9 @@ def test_trainer_on_real_rte_lowers_the_loss_and_writes_predictions(tmp_path: Pa
 
 
 @needs_assets
-def test_glm_hf_finetune_evaluates_each_epoch_keeps_the_best_and_predicts_test(tmp_path: Path) -> None:
+def test_glm_hf_finetune_evaluates_each_epoch_keeps_the_best_and_predicts_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
+) -> None:
     from glm_hf.cli import main
 
     torch.set_num_threads(1)
@@ -202,11 +205,23 @@ def test_glm_hf_finetune_evaluates_each_epoch_keeps_the_best_and_predicts_test(t
     tokenizer.save_pretrained(tmp_path / "model")
 
     output = tmp_path / "out"
+    runs: list[str] = []
+    evaluation_loop = ClozeTrainer.evaluation_loop
+
+    def counted(self, *args, metric_key_prefix: str = "eval", **kwargs):
+        runs.append(metric_key_prefix)
+        return evaluation_loop(self, *args, metric_key_prefix=metric_key_prefix, **kwargs)
+
+    monkeypatch.setattr(ClozeTrainer, "evaluation_loop", counted)
+    monkeypatch.setattr(transformers.utils.logging.get_logger("transformers"), "propagate", True)  # into caplog
     main(
         ["finetune", "--task", "rte", "--data-dir", str(data), "--model", str(tmp_path / "model")]
         + ["--output-dir", str(output), "--max-length", "96", "--num_train_epochs", "1"]
         + ["--per_device_train_batch_size", "8", "--use_cpu", "True"]
     )
+    assert runs == ["eval", "predict"]  # the epoch's evaluation gives the val predictions; test is predicted once
+    assert "missing keys" not in caplog.text  # the tied head is no missing key when the best epoch is reloaded
+    assert not [warning for warning in recwarn if "pin_memory" in str(warning.message)]  # no pinning on a CPU
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["task"] == "rte" and metrics["max_length"] == 96
     assert metrics["train"]["global_step"] == 1

@@ -152,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=".txt (a text per line; blank lines skipped) or .jsonl ({'text': ...})",
     )
-    infill.add_argument("--output", type=Path, default=None, help=".jsonl to write (default: print)")
+    infill.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=".jsonl (a record per text: text, filled_text, spans) or .txt (filled texts) to write (default: print)",
+    )
     infill.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     infill.add_argument("--batch-size", type=int, default=16)
     infill.add_argument("--max-new-tokens", type=int, default=32, help="per blank")

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .modeling import GLMForConditionalGeneration
+from .progress import transformers_progress_bars
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_glm"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -35,7 +36,8 @@ def default_model_and_tokenizer(
 ) -> tuple[GLMForConditionalGeneration, PreTrainedTokenizerBase]:
     """The embedded default model (in eval mode, `dtype`; stored as fp16) and its tokenizer."""
     folder = default_model_folder()
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype).eval()
+    with transformers_progress_bars(False):  # 9 MB: no "Loading weights" bar
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(folder)
 
 

@@ -22,6 +22,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from .conversion import convert_checkpoint, export_original
 from .default_model import default_model_folder
 from .infilling import fill_blanks
+from .progress import transformers_progress_bars
 
 DEMO_TEXTS = (
     "to be, or not to be, that is the [MASK].",
@@ -57,6 +58,11 @@ def run_demo(
     output: Path | None = None, texts: tuple[str, ...] | list[str] = DEMO_TEXTS, max_new_tokens: int = 8
 ) -> DemoReport:
     """Export, convert back, compare and fill blanks; `output` (new or empty) keeps the two model folders."""
+    with transformers_progress_bars(False):  # a 9 MB model: every step takes milliseconds
+        return _run_demo(output, texts, max_new_tokens)
+
+
+def _run_demo(output: Path | None, texts: tuple[str, ...] | list[str], max_new_tokens: int) -> DemoReport:
     folder = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="glm-demo-"))
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists and is not empty; pass an empty or new folder.")

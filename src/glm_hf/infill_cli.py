@@ -1,4 +1,4 @@
-"""`glm-hf infill`: read texts (arguments, .txt or .jsonl), fill their blanks in batches, print or write .jsonl."""
+"""`glm-hf infill`: read texts (arguments, .txt or .jsonl), fill their blanks in batches, print or write them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .blank_infilling import CORPUS_SUFFIXES, read_text_records
-from .infilling import InfillingResult, fill_blanks, length_sorted_batches
+from .infilling import InfillingResult, fill_blanks, length_sorted_batches, prepare_blanks
+from .progress import bytes_under, is_long_work, transformers_progress_bars
+
+# What `--output` writes, by its extension.
+OUTPUT_FORMATS = {
+    ".jsonl": "JSON Lines: text, filled_text, spans",
+    ".json": "JSON Lines: text, filled_text, spans",
+    ".txt": "the filled texts, one per line",
+}
 
 
 def read_texts(path: Path) -> list[str]:
@@ -48,7 +57,8 @@ def load_model(folder: Path | None) -> tuple[Any, Any]:
         raise FileNotFoundError(f"--model {folder} has no tokenizer.json (convert with --tokenizer and --vocab-dir).")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # float32 whatever the folder stores (often fp16): the job runs on the CPU, where fp16 matmuls are slow.
-    return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32).eval(), tokenizer
+    with transformers_progress_bars(is_long_work(bytes_under(folder))):
+        return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32).eval(), tokenizer
 
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,13 +84,44 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--temperature must be positive.")
     if args.output is not None:
         if args.output.is_dir():
-            raise ValueError(f"--output {args.output} is a folder; give a .jsonl file path.")
+            raise ValueError(f"--output {args.output} is a folder; give a .jsonl or .txt file path.")
+        if args.output.suffix.lower() not in OUTPUT_FORMATS:
+            raise ValueError(
+                f"--output {args.output}: give a .jsonl path (a JSON record per text: text, filled_text, spans) or "
+                "a .txt path (the filled texts, one per line)."
+            )
         if args.output.exists() and not args.overwrite:
             raise FileExistsError(f"--output {args.output} already exists; pass --overwrite to replace it.")
 
 
+def check_texts(tokenizer: Any, config: Any, texts: list[str], source: Path | None) -> None:
+    """Refuse, before any blank is filled, the texts this model cannot fill, naming each (number and start) and why:
+    one bad text must not cost the work done on the others, nor be found only when its batch comes."""
+    problems = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no mask: appending one" is said again when the text is filled
+        for number, text in enumerate(texts, start=1):
+            try:
+                prepare_blanks(tokenizer, config, text)
+            except ValueError as error:
+                start = text if len(text) <= 40 else text[:37] + "..."
+                problems.append(f"text {number} ({start!r}): {error}")
+    if problems:
+        where = f" of {source}" if source is not None else ""
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ValueError(
+            f"{len(problems)} of the {len(texts)} texts{where} cannot be filled by this model; nothing was filled. "
+            f"Fix or remove them:\n  {shown}"
+        )
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write all records or nothing: a temporary file beside `path`, renamed over it when complete."""
+    """Write all records, a JSON object per line, or nothing (`write_text_lines`)."""
+    write_text_lines(path, [json.dumps(record, ensure_ascii=False) for record in records])
+
+
+def write_text_lines(path: Path, lines: list[str]) -> None:
+    """Write all lines or nothing: a temporary file beside `path`, renamed over it when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     umask = os.umask(0)
@@ -88,8 +129,8 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     try:
         os.fchmod(descriptor, 0o666 & ~umask)  # mkstemp makes it private; the result should read like any new file
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for line in lines:
+                handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staging, path)
@@ -102,12 +143,13 @@ def run_infill(args: argparse.Namespace) -> None:
     check_arguments(args)
     texts = read_texts(args.input) if args.input is not None else args.texts
     model, tokenizer = load_model(args.model)
+    check_texts(tokenizer, model.config, texts, args.input)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     options = generation_options(args)
 
     results: dict[int, InfillingResult] = {}
-    progress = tqdm(total=len(texts), desc="Filling", unit="text", disable=args.input is None)
+    progress = tqdm(total=len(texts), desc="Filling", unit="text", disable=len(texts) <= args.batch_size)
     # Texts of similar length share a batch (less padding); the output keeps the input order.
     for group in length_sorted_batches([len(text) for text in texts], args.batch_size):
         filled = fill_blanks(model, tokenizer, [texts[index] for index in group], **options)
@@ -123,5 +165,8 @@ def run_infill(args: argparse.Namespace) -> None:
         for record in records:
             print(record["filled_text"])
         return
-    write_jsonl(args.output, records)
-    print(f"wrote {len(records)} filled texts to {args.output}")
+    if args.output.suffix.lower() == ".txt":
+        write_text_lines(args.output, [record["filled_text"] for record in records])
+    else:
+        write_jsonl(args.output, records)
+    print(f"wrote {len(records)} filled texts to {args.output} ({OUTPUT_FORMATS[args.output.suffix.lower()]})")

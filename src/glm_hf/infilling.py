@@ -85,6 +85,28 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, config: GLMConfig, text: s
     return ids
 
 
+def prepare_blanks(
+    tokenizer: PreTrainedTokenizerBase, config: GLMConfig, text: str
+) -> tuple[str, list[int], list[int]]:
+    """The prompt of `text`, its ids and the columns of its blanks; ValueError when the model cannot fill it (a mask
+    its vocabulary lacks, a tokenizer that does not belong to it)."""
+    prompt = prompt_text(text, config)
+    context = encode_prompt(tokenizer, config, prompt)
+    if max(context) >= config.vocab_size:
+        raise ValueError(
+            f"The tokenizer produced id {max(context)}, but the model has {config.vocab_size} embedding rows: "
+            "the tokenizer does not belong to this model."
+        )
+    masks = set(mask_token_ids(config))
+    positions = [index for index, token in enumerate(context) if token in masks]
+    if len(positions) != len(MASK_TEXT.findall(prompt)):
+        raise ValueError(
+            f"The tokenizer turned the {len(MASK_TEXT.findall(prompt))} mask string(s) of {prompt!r} into "
+            f"{len(positions)} mask token(s); does it know [MASK]/[sMASK]/[gMASK] as special tokens?"
+        )
+    return prompt, context, positions
+
+
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids [B, L] and the padding mask (1 = token)."""
     width = max(len(row) for row in rows)
@@ -187,22 +209,10 @@ def fill_blanks(
         )
     generation_config = blank_generation_config(model, generate_kwargs)
     config = model.config
-    prompts = [prompt_text(text, config) for text in texts]
-    contexts = [encode_prompt(tokenizer, config, prompt) for prompt in prompts]
-    largest_id = max(max(ids) for ids in contexts)
-    if largest_id >= config.vocab_size:
-        raise ValueError(
-            f"The tokenizer produced id {largest_id}, but the model has {config.vocab_size} embedding rows: "
-            "the tokenizer does not belong to this model."
-        )
-    masks = set(mask_token_ids(config))
-    blanks = [[index for index, token in enumerate(ids) if token in masks] for ids in contexts]
-    for prompt, positions in zip(prompts, blanks, strict=True):
-        if len(positions) != len(MASK_TEXT.findall(prompt)):
-            raise ValueError(
-                f"The tokenizer turned the {len(MASK_TEXT.findall(prompt))} mask string(s) of {prompt!r} into "
-                f"{len(positions)} mask token(s); does it know [MASK]/[sMASK]/[gMASK] as special tokens?"
-            )
+    prepared = [prepare_blanks(tokenizer, config, text) for text in texts]
+    prompts = [prompt for prompt, _, _ in prepared]
+    contexts = [context for _, context, _ in prepared]
+    blanks = [positions for _, _, positions in prepared]
 
     spans: list[list[list[int]]] = [[] for _ in texts]
     for group in length_sorted_batches([len(ids) for ids in contexts], batch_size):

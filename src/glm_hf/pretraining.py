@@ -24,8 +24,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, Traini
 
 from .blank_infilling import DataCollatorForBlankInfilling, pack_documents, read_corpus
 from .modeling import FAMILY_TOKEN_IDS, PRESETS, GLMConfig, GLMForConditionalGeneration
+from .progress import bytes_under, is_long_work, transformers_progress_bars
 from .tokenization_glm import build_tokenizer
-from .training_arguments import parse_strict
+from .training_arguments import given_fields, parse_strict
 from .visualize import write_atomic
 
 
@@ -338,7 +339,16 @@ def check_first_batches(
 
 
 def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments) -> dict[str, float]:
-    """Train, evaluate, save the model and tokenizer to `output_dir`; returns the final metrics."""
+    """Train, evaluate, save the model and tokenizer to `output_dir`; returns the final metrics.
+
+    transformers' weight loading and saving bars show only for a large model (Trainer's own training bar stays)."""
+    source = Path(args.config) if args.config else None
+    large = source is not None and source.is_dir() and is_long_work(bytes_under(source))
+    with transformers_progress_bars(large):
+        return _train(args, training_args)
+
+
+def _train(args: PretrainingArguments, training_args: TrainingArguments) -> dict[str, float]:
     tokenizer = load_tokenizer(args)
     texts = read_corpus(args.train_files)
     if args.join_lines > 0:
@@ -397,7 +407,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
-    args, training_args = parse_strict((PretrainingArguments, TrainingArguments), argv, prog="glm-hf pretrain")
+    types = (PretrainingArguments, TrainingArguments)
+    args, training_args = parse_strict(types, argv, prog="glm-hf pretrain")
+    if "dataloader_pin_memory" not in given_fields(types, argv, prog="glm-hf pretrain"):
+        training_args.dataloader_pin_memory = torch.cuda.is_available()  # pinning is for copies to a GPU
     torch.manual_seed(training_args.seed)
     return run_pretraining(args, training_args)
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..modeling.configuration_glm import FAMILY_TOKEN_IDS, PRESETS, GLMConfig
 from ..modeling.modeling_glm import glm_generation_config
+from ..progress import bytes_under, is_long_work, transformers_progress_bars
 from .atomic import atomic_output_folder
 from .checkpoint import CheckpointError, CheckpointSource, load_checkpoint_file, locate_checkpoint, model_state_dict
 from .keys import find_backbone, original_to_hf_key
@@ -243,7 +244,7 @@ def convert_checkpoint(
     overwrite: bool = False,
     verify: bool = False,
     trust_remote_pickle: bool = False,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
     command: str | None = None,
     remote_code: bool = False,
 ) -> ConversionReport:
@@ -258,6 +259,8 @@ def convert_checkpoint(
         raise CheckpointError("--vocab-dir needs --tokenizer FAMILY to know which vocabulary files to read.")
 
     loaded = load_source(source, trust_remote_pickle)
+    if show_progress is None:  # bars only for a checkpoint that takes a while
+        show_progress = is_long_work(bytes_under(loaded.source.files))
     torch_dtype = _resolve_dtype(dtype, loaded)
     planned, shapes = plan_tensors(loaded, torch_dtype)
     vocab_size, hidden_size = shapes["word_embeddings.weight"]
@@ -324,7 +327,8 @@ def verify_conversion(folder: Path, loaded: _LoadedSource, dtype: torch.dtype) -
     """Reload `folder` with the Auto classes, compare every tensor bitwise with its source, run one forward."""
     from transformers import AutoModelForSeq2SeqLM
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype).eval()
+    with transformers_progress_bars(is_long_work(bytes_under(folder))):
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype).eval()
     state = model.state_dict()
     for name in loaded.backbone:
         if not torch.equal(state[original_to_hf_key(name)], loaded.merged(name).to(dtype)):

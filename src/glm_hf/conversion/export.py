@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from ..progress import is_long_work
 from .atomic import atomic_output_folder
 from .checkpoint import TRACKER_FILE, CheckpointError
 from .keys import hf_to_original_key
@@ -54,7 +55,8 @@ def export_original(folder: str | Path, output: str | Path, mp: int = 1, overwri
         raise ValueError(f"{config['num_attention_heads']} attention heads cannot be split over --mp {mp} ranks.")
 
     shards: list[OrderedDict[str, torch.Tensor]] = [OrderedDict() for _ in range(mp)]
-    for name, tensor in tqdm(sorted(tensors.items()), desc="Splitting", unit="tensor", disable=len(tensors) < 50):
+    quiet = not is_long_work(sum(tensor.numel() * tensor.element_size() for tensor in tensors.values()))
+    for name, tensor in tqdm(sorted(tensors.items()), desc="Splitting", unit="tensor", disable=quiet):
         for rank, part in enumerate(split_partitions(name, tensor, mp)):
             shards[rank][name] = part
 

@@ -661,6 +661,13 @@ class GLMModel(GLMPreTrainedModel):
         return build_glm_attention_mask(cache_position, key_length, prefix, padding_mask)
 
 
+def tied_head_keys(config: GLMConfig) -> list[str] | None:
+    """`_keys_to_ignore_on_save` of a model with the LM head: the head when it is the word embeddings (tied), so that
+    `Trainer`, reloading a checkpoint, ties it again instead of reporting it missing; None for an untied head, which
+    must be saved."""
+    return ["lm_head.weight"] if config.tie_word_embeddings else None
+
+
 def glm_generation_config(config: GLMConfig) -> GenerationConfig:
     """Generation defaults saved with a GLM: stop at eop or eos, pad with the family's pad id."""
     generation_config = GenerationConfig.from_model_config(config)
@@ -680,6 +687,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.glm = GLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._keys_to_ignore_on_save = tied_head_keys(config)
         self.post_init()
         self.generation_config = glm_generation_config(config)
 
@@ -1105,6 +1113,7 @@ class GLMForMultipleChoice(GLMPreTrainedModel):
         super().__init__(config)
         self.glm = GLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._keys_to_ignore_on_save = tied_head_keys(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

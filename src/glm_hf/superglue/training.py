@@ -24,6 +24,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..infill_cli import write_jsonl
+from ..progress import bytes_under, is_long_work, transformers_progress_bars
 from ..training_arguments import given_fields, strict_parser
 from .features import DataCollatorForCloze, SuperGLUEDataset
 from .metrics import compute_task_metrics, predicted_labels
@@ -41,6 +42,17 @@ class ClozeTrainer(Trainer):
             raise ValueError(f"loss_func must be one of {', '.join(LOSS_FUNCTIONS)}, got {loss_func!r}.")
         super().__init__(*args, **kwargs)
         self.loss_func = loss_func
+        # The candidate scores of every evaluation during training, by global step: the final predictions of the
+        # validation set are read from here instead of running it once more.
+        self.eval_scores: dict[int, np.ndarray] = {}
+        if self.compute_metrics is not None:
+            compute_metrics = self.compute_metrics
+
+            def recording_compute_metrics(evaluation: Any) -> dict[str, float]:
+                self.eval_scores[self.state.global_step] = _scores(evaluation.predictions)
+                return compute_metrics(evaluation)
+
+            self.compute_metrics = recording_compute_metrics
 
     def compute_loss(
         self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any
@@ -86,17 +98,27 @@ def make_compute_metrics(dataset: SuperGLUEDataset) -> Any:
     return compute_metrics
 
 
-def predict_labels(trainer: Trainer, dataset: SuperGLUEDataset) -> tuple[list[Any], dict[str, float]]:
-    """Predicted task labels of a dataset and their metrics ({} for an unlabelled split)."""
-    compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None  # it belongs to the eval dataset
-    try:
-        output = trainer.predict(dataset, metric_key_prefix="predict")
-    finally:
-        trainer.compute_metrics = compute_metrics
-    labels = predicted_labels(
-        dataset.pvp.task, dataset.examples, best_choices(_scores(output.predictions), num_choices(dataset))
-    )
+def predict_labels(
+    trainer: Trainer, dataset: SuperGLUEDataset, scores: np.ndarray | None = None
+) -> tuple[list[Any], dict[str, float]]:
+    """Predicted task labels of a dataset and their metrics ({} for an unlabelled split), from its candidate `scores`
+    when the caller has them (an evaluation of the same weights), else from a prediction run."""
+    if scores is None:
+        compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None  # it belongs to the eval dataset
+        try:
+            scores = _scores(trainer.predict(dataset, metric_key_prefix="predict").predictions)
+        finally:
+            trainer.compute_metrics = compute_metrics
+    labels = predicted_labels(dataset.pvp.task, dataset.examples, best_choices(scores, num_choices(dataset)))
     return labels, compute_task_metrics(dataset.pvp.task, dataset.examples, labels)
+
+
+def final_eval_scores(trainer: Trainer) -> np.ndarray | None:
+    """The validation scores of the weights training ended with (the best checkpoint's with
+    `load_best_model_at_end`), if an evaluation of exactly those weights ran; else None."""
+    state = trainer.state
+    step = state.best_global_step if trainer.args.load_best_model_at_end else state.global_step
+    return getattr(trainer, "eval_scores", {}).get(step)
 
 
 def default_training_arguments(task: str, output_dir: str | Path, **overrides: Any) -> TrainingArguments:
@@ -122,6 +144,7 @@ def default_training_arguments(task: str, output_dir: str | Path, **overrides: A
         "label_names": ["labels"],
         "logging_strategy": "epoch",
         "report_to": "none",
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is for copies to a GPU (torch warns on a CPU)
     }
     values.update(overrides)
     return TrainingArguments(**values)
@@ -140,7 +163,8 @@ def _load_model_and_tokenizer(model: Any, tokenizer: Any) -> tuple[Any, Any]:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         # float32 weights: checkpoints are often stored in fp16, and Trainer's --bf16/--fp16 are mixed precision
         # over float32 master weights (training fp16 weights directly overflows).
-        model = AutoModelForMultipleChoice.from_pretrained(folder, dtype=torch.float32)
+        with transformers_progress_bars(is_long_work(bytes_under(folder))):
+            model = AutoModelForMultipleChoice.from_pretrained(folder, dtype=torch.float32)
     if tokenizer is None:
         raise ValueError("Pass the tokenizer with a model object (or give the model as a folder).")
     return model, tokenizer
@@ -224,7 +248,8 @@ def finetune(
             "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         }
         trainer.save_model(str(output_dir / "model"))  # the best epoch's weights when load_best_model_at_end
-    val_labels, results["val"] = predict_labels(trainer, val_set)
+    val_scores = final_eval_scores(trainer) if train_set is not None else None
+    val_labels, results["val"] = predict_labels(trainer, val_set, val_scores)
     test_labels = predict_labels(trainer, test_set)[0] if test_set is not None else None
     if trainer.is_world_process_zero():
         path = write_predictions(task, val_set.examples, val_labels, _folder(output_dir, "val"))
