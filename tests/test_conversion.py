@@ -276,9 +276,14 @@ def test_an_existing_output_is_kept_unless_overwrite(tmp_path):
     (output / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert(CHECKPOINTS / "released", output)
+    # --overwrite replaces only a folder this tool wrote; this one holds the user's file
+    with pytest.raises(FileExistsError, match="not a folder this tool wrote.*--force"):
+        convert(CHECKPOINTS / "released", output, overwrite=True)
     assert (output / "mine.txt").read_text() == "keep me"
-    convert(CHECKPOINTS / "released", output, overwrite=True)
+    convert(CHECKPOINTS / "released", output, force=True)
     assert not (output / "mine.txt").exists() and (output / "model.safetensors").is_file()
+    convert(CHECKPOINTS / "released", output, overwrite=True, dtype="float32")  # an earlier conversion: replaced
+    assert json.loads((output / "config.json").read_text())["dtype"] == "float32"
 
 
 def test_a_failed_overwrite_keeps_the_existing_output(tmp_path):

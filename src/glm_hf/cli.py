@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -36,6 +39,7 @@ def _convert(args: argparse.Namespace) -> None:
         trust_remote_pickle=args.trust_remote_pickle,
         command="glm-hf " + " ".join(shlex.quote(arg) for arg in args.argv),
         remote_code=args.remote_code,
+        force=args.force,
     )
     print(report.summary())
 
@@ -68,7 +72,7 @@ def _export_remote_code(args: argparse.Namespace) -> None:
 def _export_original(args: argparse.Namespace) -> None:
     from .conversion import export_original
 
-    for path in export_original(args.folder, args.output, mp=args.mp, overwrite=args.overwrite):
+    for path in export_original(args.folder, args.output, mp=args.mp, overwrite=args.overwrite, force=args.force):
         print(f"wrote {path}")
 
 
@@ -131,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--tokenizer", default=None, metavar="FAMILY", help="tokenizer family (special token ids)")
     convert.add_argument("--vocab-dir", type=Path, default=None, help="folder with the family's vocabulary files")
     convert.add_argument("--max-shard-size", default="5GB")
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    convert.add_argument("--overwrite", action="store_true", help="replace an earlier converted OUTPUT folder")
+    convert.add_argument("--force", action="store_true", help="replace OUTPUT whatever it holds")
     convert.add_argument("--verify", action="store_true", help="reload, compare every tensor, run a forward pass")
     convert.add_argument(
         "--trust-remote-pickle", action="store_true", help="unpickle globals beyond those GLM checkpoints need"
@@ -173,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("folder", type=Path)
     export.add_argument("output", type=Path)
     export.add_argument("--mp", type=int, default=1, help="model-parallel ranks to split into")
-    export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUTPUT")
+    export.add_argument("--force", action="store_true", help="replace OUTPUT whatever it holds")
     export.set_defaults(run=_export_original)
 
     push = jobs.add_parser(
@@ -238,8 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
 PASS_THROUGH_JOBS = {"pretrain", "finetune"}
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (`kill`, a job scheduler's stop) into an exit that unwinds like Ctrl-C, so that a job's staging
+    folders are removed and nothing half-written stays behind (SIGKILL cannot be caught: the next run cleans up)."""
+    if threading.current_thread() is threading.main_thread():
+
+        def stop(signum: int, frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    exit_on_sigterm()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.job not in PASS_THROUGH_JOBS and rest:

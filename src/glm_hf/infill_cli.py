@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,10 @@ def check_texts(tokenizer: Any, config: Any, texts: list[str], source: Path | No
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Write all records, a JSON object per line, or nothing (`write_text_lines`)."""
-    write_text_lines(path, [json.dumps(record, ensure_ascii=False) for record in records])
+    write_text_lines(path, (json.dumps(record, ensure_ascii=False) for record in records))
 
 
-def write_text_lines(path: Path, lines: list[str]) -> None:
+def write_text_lines(path: Path, lines: Iterable[str]) -> None:
     """Write all lines or nothing: a temporary file beside `path`, renamed over it when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -8,8 +8,10 @@ anything else is refused with an error naming the global and `--trust-remote-pic
 
 from __future__ import annotations
 
+import _compat_pickle
+import io
 import json
-import pickle
+import pickletools
 import re
 import zipfile
 from collections.abc import Mapping
@@ -118,17 +120,74 @@ def load_checkpoint_file(path: Path, trust_remote_pickle: bool = False) -> Mappi
             return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if refused:
+    except Exception as error:  # torch raises many types for a damaged or refused file
+        refused = next(iter(disallowed_globals(path)), None) if not trust_remote_pickle else None
+        if refused is not None:
             raise CheckpointError(
-                f"{path} contains the pickled global {refused.group(1)}, which a GLM checkpoint does not need and "
-                "which could run arbitrary code when loaded. If you trust the file, pass --trust-remote-pickle "
-                "(trust_remote_pickle=True) to unpickle it anyway."
+                f"{path} holds a call to {refused}, which no GLM checkpoint contains and which would run code if "
+                "the file were unpickled; nothing was executed. If you trust the file, --trust-remote-pickle "
+                "(trust_remote_pickle=True) loads it."
             ) from None
         raise _unreadable(path, error) from None
-    except Exception as error:  # torch raises many types for a damaged file: all mean the same to the user
-        raise _unreadable(path, error) from None
+
+
+def pickled_globals(path: Path) -> list[str]:
+    """The `module.name` globals a torch checkpoint's pickle refers to, read from its opcodes without executing any
+    (zip format: the `data.pkl` member; legacy format: the pickles at the start of the file)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            member = next((name for name in archive.namelist() if name.endswith("data.pkl")), None)
+            streams = [io.BytesIO(archive.read(member))] if member else []
+            count = 1
+    else:
+        streams = [open(path, "rb")]  # noqa: SIM115 (closed below)
+        count = 4  # magic number, protocol, sys info, then the object
+    found: list[str] = []
+    for stream in streams:
+        with stream:
+            for _ in range(count):
+                strings: list[str] = []
+                try:
+                    for opcode, argument, _ in pickletools.genops(stream):
+                        if opcode.name == "GLOBAL":
+                            found.append(_python3_name(*str(argument).split(" ", 1)))
+                        elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                            found.append(_python3_name(strings[-2], strings[-1]))
+                        elif isinstance(argument, str):
+                            strings.append(argument)
+                except Exception:  # noqa: BLE001 (the end of the pickles, or damage: what was read is the answer)
+                    break
+    return list(dict.fromkeys(found))
+
+
+def _python3_name(module: str, name: str) -> str:
+    """`module.name` as Python 3 imports it (protocol-2 pickles write Python 2's `__builtin__`, `copy_reg`)."""
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
+def disallowed_globals(path: Path) -> list[str]:
+    """The globals of `path`'s pickle that the safe loader refuses (neither in torch's weights-only set nor GLM's
+    numpy ones): a `posix.system`, `builtins.eval`, ... that unpickling would call."""
+    ours = {obj[1] if isinstance(obj, tuple) else f"{obj.__module__}.{obj.__qualname__}" for obj in SAFE_GLOBALS}
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        torch_allowed: set[str] | None = set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # torch moved it: judge by the modules a checkpoint's globals come from
+        torch_allowed = None
+    try:
+        names = pickled_globals(path)
+    except (OSError, zipfile.BadZipFile):
+        return []
+
+    def refused(name: str) -> bool:
+        if name in ours:
+            return False
+        if torch_allowed is None:
+            return not name.startswith(("torch.", "collections.", "numpy.", "_codecs."))
+        return name not in torch_allowed
+
+    return [name for name in names if refused(name)]
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:

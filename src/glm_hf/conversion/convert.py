@@ -9,9 +9,11 @@ with `overwrite=True`.
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 from ..modeling.configuration_glm import FAMILY_TOKEN_IDS, PRESETS, GLMConfig
 from ..modeling.modeling_glm import glm_generation_config
 from ..progress import bytes_under, is_long_work, transformers_progress_bars
-from .atomic import atomic_output_folder
+from .atomic import atomic_output_folder, check_output_location, check_replaceable
 from .checkpoint import CheckpointError, CheckpointSource, load_checkpoint_file, locate_checkpoint, model_state_dict
 from .keys import find_backbone, original_to_hf_key
 from .merge import FUSED_QKV, REPLICATED, merge_partitions, partition_rule
@@ -80,6 +82,35 @@ def merged_shape(name: str, shapes: list[torch.Size]) -> tuple[int, ...]:
     merged = list(first)
     merged[dim] = sum(shape[dim] for shape in shapes)
     return tuple(merged)
+
+
+# What a converted folder holds: the weights, configs, model card, tokenizer files and remote code.
+CONVERTED_FILE_PATTERNS = (
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "README.md",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "*.py",
+)
+
+
+def is_converted_folder(folder: Path) -> bool:
+    """Whether `folder` is one `glm-hf convert` wrote (a GLM config.json and only the files a conversion writes),
+    so that `--overwrite` may replace it without losing anything else."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        names = [path.name for path in folder.iterdir()]
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict) or config.get("model_type") != GLMConfig.model_type:
+        return False
+    return all(any(fnmatch(name, pattern) for pattern in CONVERTED_FILE_PATTERNS) for name in names)
 
 
 def infer_num_attention_heads(
@@ -247,14 +278,18 @@ def convert_checkpoint(
     show_progress: bool | None = None,
     command: str | None = None,
     remote_code: bool = False,
+    force: bool = False,
 ) -> ConversionReport:
     """Convert an original GLM checkpoint into a safetensors model folder at `output` (atomically).
 
-    With `remote_code`, the folder also gets the model and tokenizer code as Hub remote code (`auto_map`), so that
-    `from_pretrained(output, trust_remote_code=True)` works without glm_hf (see `glm_hf.hub.export_remote_code`)."""
+    `overwrite` replaces an earlier converted folder (`is_converted_folder`), `force` whatever is at `output`; an
+    output that is, holds or lies inside the source is refused either way. With `remote_code`, the folder also gets
+    the model and tokenizer code as Hub remote code (`auto_map`), so that `from_pretrained(output,
+    trust_remote_code=True)` works without glm_hf (see `glm_hf.hub.export_remote_code`)."""
     output = Path(output)
-    if output.exists() and not overwrite:  # checked again when writing; fail before the slow part
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it.")
+    # Checked again when writing; fail before the slow part.
+    check_output_location(output, [Path(source)])
+    check_replaceable(output, overwrite, is_converted_folder, force)
     if vocab_dir is not None and tokenizer_family is None:
         raise CheckpointError("--vocab-dir needs --tokenizer FAMILY to know which vocabulary files to read.")
 
@@ -269,7 +304,10 @@ def convert_checkpoint(
     config = infer_config(shapes, num_attention_heads, family, loaded.source.hub_config, num_shards=len(loaded.shards))
     config.dtype = torch_dtype
 
-    with atomic_output_folder(output, overwrite) as staging:
+    sources = [Path(source), *loaded.source.files]
+    with atomic_output_folder(
+        output, overwrite, sources=sources, replaceable=is_converted_folder, force=force
+    ) as staging:
         files = write_sharded_safetensors(staging, planned, max_shard_size, show_progress)
         _write_config_files(staging, config)
         files += ["config.json", "generation_config.json"]

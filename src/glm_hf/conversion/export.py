@@ -16,7 +16,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..progress import is_long_work
-from .atomic import atomic_output_folder
+from .atomic import atomic_output_folder, check_output_location, check_replaceable
 from .checkpoint import TRACKER_FILE, CheckpointError
 from .keys import hf_to_original_key
 from .merge import split_partitions
@@ -43,13 +43,29 @@ def read_converted_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, tensors
 
 
-def export_original(folder: str | Path, output: str | Path, mp: int = 1, overwrite: bool = False) -> list[Path]:
-    """Write the model in `folder` in the original layout at `output`, split over `mp` model-parallel ranks."""
+def is_original_layout(folder: Path) -> bool:
+    """Whether `folder` is one `export_original` wrote: the tracker file and release/mp_rank_XX files only."""
+    try:
+        names = {path.name for path in folder.iterdir()}
+        shards = [path.name for path in (folder / RELEASE_TAG).iterdir()] if (folder / RELEASE_TAG).is_dir() else []
+    except OSError:
+        return False
+    return names == {TRACKER_FILE, RELEASE_TAG} and all(
+        name.startswith("mp_rank_") and name.endswith("_model_states.pt") for name in shards
+    )
+
+
+def export_original(
+    folder: str | Path, output: str | Path, mp: int = 1, overwrite: bool = False, force: bool = False
+) -> list[Path]:
+    """Write the model in `folder` in the original layout at `output`, split over `mp` model-parallel ranks.
+
+    `overwrite` replaces an earlier export (`is_original_layout`), `force` whatever is at `output`."""
     folder, output = Path(folder), Path(output)
     if mp < 1:
         raise ValueError(f"--mp must be at least 1, got {mp}.")
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it.")
+    check_output_location(output, [folder])
+    check_replaceable(output, overwrite, is_original_layout, force)
     config, tensors = read_converted_folder(folder)
     if config["num_attention_heads"] % mp:
         raise ValueError(f"{config['num_attention_heads']} attention heads cannot be split over --mp {mp} ranks.")
@@ -61,7 +77,9 @@ def export_original(folder: str | Path, output: str | Path, mp: int = 1, overwri
             shards[rank][name] = part
 
     written = []
-    with atomic_output_folder(output, overwrite) as staging:
+    with atomic_output_folder(
+        output, overwrite, sources=[folder], replaceable=is_original_layout, force=force
+    ) as staging:
         (staging / TRACKER_FILE).write_text(RELEASE_TAG)
         (staging / RELEASE_TAG).mkdir()
         for rank, module in enumerate(shards):

@@ -1,0 +1,196 @@
+"""Hostile and careless input: nothing lost, nothing wrong, nothing executed (docs/reliability.md lists each case).
+
+Every bad input is built here at run time from the tiny original-layout fixtures (written by the original code):
+outputs that would destroy their source, interrupted runs, damaged and malicious checkpoints, nonsense configs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from glm_hf.cli import main
+from glm_hf.conversion import CheckpointError, convert_checkpoint
+
+CHECKPOINTS = Path(__file__).parent / "fixtures" / "original_checkpoints"
+
+
+def convert(source: Path, output: Path, **options):
+    options.setdefault("num_attention_heads", 4)
+    return convert_checkpoint(source, output, **options)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: what must survive a refused command unchanged."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def copy_released(tmp_path: Path) -> Path:
+    source = tmp_path / "ckpt"
+    shutil.copytree(CHECKPOINTS / "released", source)
+    return source
+
+
+# ---- data loss: an output that would destroy its source -------------------------------------------------------------
+
+
+def test_convert_onto_its_own_source_is_refused_and_the_source_is_intact(tmp_path):
+    source = copy_released(tmp_path)
+    before = snapshot(source)
+    for options in ({"overwrite": True}, {"force": True}):
+        with pytest.raises(ValueError, match="is the source"):
+            convert(source, source, **options)
+    assert snapshot(source) == before
+
+
+def test_convert_into_a_folder_that_holds_the_source_is_refused(tmp_path):
+    """`glm-hf convert P/ckpt P --overwrite` once deleted the source and the files beside it."""
+    parent = tmp_path / "project"
+    parent.mkdir()
+    source = copy_released(parent)
+    (parent / "notes.txt").write_text("unrelated work")
+    before = snapshot(parent)
+    with pytest.raises(SystemExit, match="holds the source"):
+        main(["convert", str(source), str(parent), "--overwrite", "--num-attention-heads", "4"])
+    with pytest.raises(ValueError, match="lies inside the source"):
+        convert(source, source / "converted")
+    assert snapshot(parent) == before
+
+
+def test_convert_into_the_current_folder_is_refused_without_leftovers(tmp_path, monkeypatch):
+    """`glm-hf convert ck . --overwrite` once failed "busy" and left an empty `..replaced-*` folder."""
+    source = copy_released(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit, match="holds the current folder"):
+        main(["convert", str(source), ".", "--overwrite", "--num-attention-heads", "4"])
+    assert list(work.iterdir()) == [] and sorted(path.name for path in tmp_path.iterdir()) == ["ckpt", "work"]
+
+
+def test_overwrite_replaces_only_a_converted_folder_and_force_anything(tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not a folder this tool wrote.*--force"):
+        convert(CHECKPOINTS / "released", output, overwrite=True)
+    assert (output / "thesis.tex").read_text() == "years of work"
+    file_output = tmp_path / "file"
+    file_output.write_text("a file")
+    with pytest.raises(FileExistsError, match="not a folder this tool wrote"):
+        convert(CHECKPOINTS / "released", file_output, overwrite=True)
+    assert file_output.read_text() == "a file"
+    convert(CHECKPOINTS / "released", output, force=True)
+    assert (output / "model.safetensors").is_file() and not (output / "thesis.tex").exists()
+
+
+def test_export_original_overwrite_keeps_folders_it_did_not_write(tmp_path):
+    converted = tmp_path / "converted"
+    convert(CHECKPOINTS / "released", converted)
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="not a folder this tool wrote"):
+        main(["export-original", str(converted), str(target), "--overwrite"])
+    with pytest.raises(SystemExit, match="holds the source"):
+        main(["export-original", str(converted), str(tmp_path), "--force"])
+    main(["export-original", str(converted), str(tmp_path / "export2")])
+    main(["export-original", str(converted), str(tmp_path / "export2"), "--overwrite", "--mp", "2"])
+    assert (tmp_path / "export2" / "release" / "mp_rank_01_model_states.pt").is_file()
+    assert (target / "mine.txt").read_text() == "keep"
+
+
+# ---- interrupted runs -----------------------------------------------------------------------------------------------
+
+SLOW_CONVERT = """
+import sys, time
+import glm_hf.conversion.convert as convert
+
+original = convert.write_sharded_safetensors
+def slow(*args, **kwargs):
+    files = original(*args, **kwargs)
+    print("written", flush=True)
+    time.sleep(60)
+    return files
+convert.write_sharded_safetensors = slow
+from glm_hf.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_during_a_conversion_leaves_no_partial_folder(tmp_path):
+    output = tmp_path / "out"
+    command = [sys.executable, "-c", SLOW_CONVERT, "convert", str(CHECKPOINTS / "released"), str(output)]
+    process = subprocess.Popen([*command, "--num-attention-heads", "4"], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "written"  # the staging folder holds the weights now
+    assert [path.name for path in tmp_path.iterdir() if ".partial-" in path.name]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the staging folder
+
+
+def test_a_rerun_removes_what_a_killed_run_left_and_says_so(tmp_path, capfd):
+    output = tmp_path / "out"
+    stale = tmp_path / ".out.partial-k1ll3d"  # what SIGKILL leaves: it cannot be caught
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 1024)
+    (tmp_path / ".out.replaced-old").mkdir()
+    (tmp_path / ".other.partial-x").mkdir()  # another output's: not ours to remove
+    convert(CHECKPOINTS / "released", output)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".other.partial-x", "out"]
+    assert f"removed {stale}, left by an interrupted run" in capfd.readouterr().err
+
+
+# ---- malicious pickles: never executed, named in our words ----------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this calls `function(argument)`: the usual shape of a malicious checkpoint."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+def malicious_checkpoint(tmp_path: Path, layout: str, payload: Payload) -> Path:
+    """A real GLM checkpoint of `layout` whose pickle also holds `payload`."""
+    contents = torch.load(CHECKPOINTS / "flat" / "mp_rank_00_model_states.pt", weights_only=False)
+    folder = tmp_path / layout
+    folder.mkdir()
+    if layout == "hub":
+        shutil.copy(CHECKPOINTS / "hub" / "config.json", folder / "config.json")
+        state = dict(torch.load(CHECKPOINTS / "hub" / "pytorch_model.bin", weights_only=True))
+        torch.save({**state, "extra": payload}, folder / "pytorch_model.bin")
+        return folder
+    contents["args"] = payload
+    legacy = layout == "legacy"
+    torch.save(contents, folder / "mp_rank_00_model_states.pt", _use_new_zipfile_serialization=not legacy)
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["released", "legacy", "hub"])
+@pytest.mark.parametrize(
+    "function, named",
+    [(os.system, f"{os.system.__module__}.system"), (eval, "builtins.eval"), (sys.exit, "sys.exit")],
+)
+def test_a_malicious_pickle_is_named_and_never_executed(tmp_path, layout, function, named):
+    marker = tmp_path / "executed"
+    touch = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    argument = f"touch {marker}" if function is os.system else touch
+    source = malicious_checkpoint(tmp_path, layout, Payload(function, argument))
+    with pytest.raises(CheckpointError) as raised:
+        convert(source, tmp_path / "out")
+    message = str(raised.value)
+    assert f"holds a call to {named}" in message
+    assert "nothing was executed" in message and "--trust-remote-pickle" in message
+    assert "weights_only" not in message and "truncated" not in message  # not torch's words
+    assert not marker.exists() and not (tmp_path / "out").exists()
