@@ -6,6 +6,7 @@ outputs that would destroy their source, interrupted runs, damaged and malicious
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import glm_hf
 from glm_hf.cli import main
 from glm_hf.conversion import CheckpointError, convert_checkpoint
 
@@ -120,6 +122,7 @@ def slow(*args, **kwargs):
     time.sleep(60)
     return files
 convert.write_sharded_safetensors = slow
+import glm_hf
 from glm_hf.cli import main
 main(sys.argv[1:])
 """
@@ -194,3 +197,127 @@ def test_a_malicious_pickle_is_named_and_never_executed(tmp_path, layout, functi
     assert "nothing was executed" in message and "--trust-remote-pickle" in message
     assert "weights_only" not in message and "truncated" not in message  # not torch's words
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# ---- configurations with nonsense values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"num_attention_heads": 0}, "num_attention_heads=0: it must be a positive whole number"),
+        ({"hidden_size": 0}, "hidden_size=0: it must be a positive whole number"),
+        ({"vocab_size": -5}, "vocab_size=-5"),
+        ({"num_hidden_layers": "two"}, "num_hidden_layers='two'"),
+        ({"num_attention_heads": 3}, "hidden_size=1024 must be a multiple of num_attention_heads=3"),
+        ({"layer_norm_eps": -1e-5}, "layer_norm_eps=-1e-05: it must be a positive number"),
+        ({"layer_norm_eps": 0.0}, "layer_norm_eps=0.0"),
+        ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob=1.5: a dropout probability must be in"),
+    ],
+)
+def test_a_config_with_nonsense_values_is_refused_naming_the_key(tmp_path, values, named):
+    with pytest.raises(ValueError, match=named):
+        glm_hf.GLMConfig(**values)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "glm_blocklm", **values}))
+    with pytest.raises(ValueError, match=named):
+        glm_hf.GLMConfig.from_pretrained(folder)
+
+
+# ---- checkpoints that would convert into a folder that cannot load --------------------------------------------------
+
+
+def damaged_released(tmp_path: Path, damage) -> Path:
+    """The released single-rank fixture with `damage(module)` applied to its `module` dict."""
+    source = copy_released(tmp_path)
+    path = source / "1000" / "mp_rank_00_model_states.pt"
+    contents = torch.load(path, weights_only=False)
+    damage(contents["module"])
+    torch.save(contents, path)
+    return source
+
+
+def _wrong_qkv(module):
+    name = "transformer.layers.1.attention.query_key_value.weight"
+    module[name] = module[name][:-8]
+
+
+def _integer_embeddings(module):
+    module["word_embeddings.weight"] = module["word_embeddings.weight"].to(torch.int32)
+
+
+def _empty_vocabulary(module):
+    module["word_embeddings.weight"] = module["word_embeddings.weight"][:0]
+
+
+def _sparse(module):
+    module["transformer.final_layernorm.bias"] = module["transformer.final_layernorm.bias"].to_sparse()
+
+
+def _missing_layer_tensor(module):
+    del module["transformer.layers.0.attention.dense.weight"]
+
+
+def _missing_position_table(module):
+    del module["transformer.position_embeddings.weight"]
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (
+            _wrong_qkv,
+            r"transformer.layers.1.attention.query_key_value.weight has shape \[184, 64\], but .* needs \[192, 64\]",
+        ),
+        (_integer_embeddings, "word_embeddings.weight holds torch.int32 values, but GLM weights are floating point"),
+        (_empty_vocabulary, "vocab_size=0: it must be a positive whole number"),
+        (_sparse, "transformer.final_layernorm.bias is a torch.sparse_coo tensor; GLM weights are dense"),
+        (_missing_layer_tensor, "lacks transformer.layers.0.attention.dense.weight, which a GLM of 2 layers has"),
+        (_missing_position_table, r"lacks transformer.position_embeddings.weight \(the position table\)"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_naming_the_tensor_before_anything_is_written(tmp_path, damage, named):
+    source = damaged_released(tmp_path, damage)
+    with pytest.raises(CheckpointError, match=named) as raised:
+        convert(source, tmp_path / "out")
+    assert "mp_rank_00_model_states.pt" in str(raised.value)  # where
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_mp_world_size_stored_as_text_is_read_as_a_number(tmp_path):
+    source = copy_released(tmp_path)
+    path = source / "1000" / "mp_rank_00_model_states.pt"
+    contents = torch.load(path, weights_only=False)
+    contents["mp_world_size"] = "1"
+    torch.save(contents, path)
+    convert(source, tmp_path / "out")  # "1" rank: the one shard found
+    contents["mp_world_size"] = "one"
+    torch.save(contents, path)
+    with pytest.raises(CheckpointError, match=r"records mp_world_size='one' \(str\), not a number"):
+        convert(source, tmp_path / "out2")
+
+
+def test_two_identical_model_parallel_shards_are_refused(tmp_path):
+    source = tmp_path / "mp2"
+    shutil.copytree(CHECKPOINTS / "released_MP2", source)
+    shards = source / "1000"
+    shutil.copy(shards / "mp_rank_00_model_states.pt", shards / "mp_rank_01_model_states.pt")
+    with pytest.raises(
+        CheckpointError, match="mp_rank_00_model_states.pt, .*mp_rank_01_model_states.pt are identical"
+    ):
+        convert(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_says_the_source_holds_nan(tmp_path):
+    def nan(module):
+        module["transformer.layers.0.mlp.dense_h_to_4h.weight"][0, :3] = float("nan")
+
+    source = damaged_released(tmp_path, nan)
+    with pytest.raises(
+        CheckpointError, match=r"layers.0.mlp.dense_h_to_4h.weight holds NaN values in the source .*\(3 of"
+    ):
+        convert(source, tmp_path / "out", verify=True)
+    assert not (tmp_path / "out").exists()
+    convert(source, tmp_path / "out")  # without --verify the tensors are copied as they are

@@ -21,11 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..modeling.configuration_glm import FAMILY_TOKEN_IDS, PRESETS, GLMConfig
-from ..modeling.modeling_glm import glm_generation_config
+from ..modeling.modeling_glm import GLMModel, glm_generation_config
 from ..progress import bytes_under, is_long_work, transformers_progress_bars
 from .atomic import atomic_output_folder, check_output_location, check_replaceable
 from .checkpoint import CheckpointError, CheckpointSource, load_checkpoint_file, locate_checkpoint, model_state_dict
-from .keys import find_backbone, original_to_hf_key
+from .keys import find_backbone, hf_to_original_key, original_to_hf_key
 from .merge import FUSED_QKV, REPLICATED, merge_partitions, partition_rule
 from .safetensors_writer import PlannedTensor, write_sharded_safetensors
 
@@ -191,6 +191,21 @@ def guess_tokenizer_family(vocab_size: int, hidden_size: int, num_layers: int) -
     return None
 
 
+def check_distinct_shards(hashes: Mapping[str, str]) -> None:
+    """Refuse model-parallel shards with the same bytes: a copy of one rank in place of another merges into a
+    model with duplicated, wrong halves."""
+    by_hash: dict[str, list[str]] = {}
+    for name, digest in hashes.items():
+        by_hash.setdefault(digest, []).append(name)
+    copies = [names for names in by_hash.values() if len(names) > 1]
+    if copies:
+        raise CheckpointError(
+            f"The model-parallel shards {', '.join(copies[0])} are identical files (sha256 {next(iter(by_hash))[:12]}"
+            "...): each rank holds a different part of the weights, so one is a copy of another. Copy the right "
+            "shards again."
+        )
+
+
 def sha256_of(path: Path, progress: tqdm | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -207,6 +222,11 @@ class _LoadedSource:
     shards: list[Mapping[str, torch.Tensor]]
     backbone: dict[str, str]
     left_out: list[str]
+    prefix: str = ""
+
+    def key_in_file(self, name: str) -> str:
+        """The key of the original backbone name `name` in the checkpoint file (with the file's prefix)."""
+        return self.backbone.get(name, self.prefix + name)
 
     def merged(self, name: str) -> torch.Tensor:
         try:
@@ -221,10 +241,21 @@ def load_source(source: str | Path, trust_remote_pickle: bool = False) -> _Loade
     loaded = [load_checkpoint_file(file, trust_remote_pickle) for file in located.files]
     for file, contents in zip(located.files, loaded, strict=True):
         recorded = contents.get("mp_world_size") if isinstance(contents, Mapping) else None
-        if recorded is not None and recorded != len(located.files):
+        if recorded is None:
+            continue
+        try:
+            world_size = int(recorded) if isinstance(recorded, (int, str)) and not isinstance(recorded, bool) else None
+        except ValueError:
+            world_size = None
+        if world_size is None:
             raise CheckpointError(
-                f"{file} records mp_world_size={recorded}, but {len(located.files)} shard(s) were found in "
-                f"{file.parent}: a shard is missing or one is left over."
+                f"{file} records mp_world_size={recorded!r} ({type(recorded).__name__}), not a number of "
+                "model-parallel ranks: the file is damaged or not a Megatron checkpoint."
+            )
+        if world_size != len(located.files):
+            raise CheckpointError(
+                f"{file} records mp_world_size={world_size}, but {len(located.files)} shard(s) were found in "
+                f"{file.parent} (mp_rank_XX_model_states.pt): a shard is missing or one is left over from another run."
             )
     shards = [model_state_dict(contents, file) for file, contents in zip(located.files, loaded, strict=True)]
     try:
@@ -235,7 +266,63 @@ def load_source(source: str | Path, trust_remote_pickle: bool = False) -> _Loade
         if set(shard) != set(shards[0]):
             difference = sorted(set(shard) ^ set(shards[0]))
             raise CheckpointError(f"{file} holds different keys than {located.files[0]}: {', '.join(difference)}.")
-    return _LoadedSource(source=located, shards=shards, backbone=backbone, left_out=left_out)
+    return _LoadedSource(source=located, shards=shards, backbone=backbone, left_out=left_out, prefix=prefix)
+
+
+def check_source_tensors(loaded: _LoadedSource) -> None:
+    """Refuse tensors no GLM holds (sparse, integer or non-float weights) and a backbone without the tables every
+    GLM has, naming the file and the tensors, before anything is written."""
+    first = loaded.source.files[0]
+    for key in loaded.backbone.values():
+        tensor = loaded.shards[0][key]
+        if tensor.layout != torch.strided:
+            raise CheckpointError(
+                f"{first}: {key} is a {tensor.layout} tensor; GLM weights are dense. Convert it to a dense tensor "
+                "(tensor.to_dense()) and save the checkpoint again."
+            )
+        if not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{first}: {key} holds {tensor.dtype} values, but GLM weights are floating point: the file is "
+                "damaged or not a GLM checkpoint."
+            )
+    required = {
+        "word_embeddings.weight": "the word embeddings",
+        "transformer.position_embeddings.weight": "the position table",
+        "transformer.final_layernorm.weight": "the final LayerNorm",
+        "transformer.layers.0.mlp.dense_h_to_4h.weight": "the first layer's MLP",
+    }
+    missing = [
+        f"{loaded.key_in_file(name)} ({what})" for name, what in required.items() if name not in loaded.backbone
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{first} lacks {', '.join(missing)}: a partial or damaged checkpoint (every GLM has them). Check that "
+            "the file was copied whole, or convert the full checkpoint."
+        )
+
+
+def check_against_config(loaded: _LoadedSource, shapes: Mapping[str, tuple[int, ...]], config: GLMConfig) -> None:
+    """Every tensor a model of `config` needs is there with its shape (a gap in the layers, a damaged fused
+    projection, a zero vocabulary would otherwise write a folder that cannot load)."""
+    with torch.device("meta"):
+        expected = {name: tuple(tensor.shape) for name, tensor in GLMModel(config).state_dict().items()}
+    found = {original_to_hf_key(name)[len("glm.") :]: (name, shape) for name, shape in shapes.items()}
+    first = loaded.source.files[0]
+    missing = [loaded.key_in_file(hf_to_original_key(f"glm.{name}")) for name in expected if name not in found]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise CheckpointError(
+            f"{first} lacks {shown}, which a GLM of {config.num_hidden_layers} layers has: a partial or damaged "
+            "checkpoint."
+        )
+    for name, shape in expected.items():
+        original, actual = found[name]
+        if tuple(actual) != shape:
+            raise CheckpointError(
+                f"{first}: {loaded.key_in_file(original)} has shape {list(actual)}, but a GLM of hidden size "
+                f"{config.hidden_size}, {config.num_attention_heads} heads and vocabulary {config.vocab_size} needs "
+                f"{list(shape)} (as the other tensors say): the checkpoint is damaged or not of this architecture."
+            )
 
 
 def plan_tensors(loaded: _LoadedSource, dtype: torch.dtype) -> tuple[list[PlannedTensor], dict[str, tuple[int, ...]]]:
@@ -296,12 +383,28 @@ def convert_checkpoint(
     loaded = load_source(source, trust_remote_pickle)
     if show_progress is None:  # bars only for a checkpoint that takes a while
         show_progress = is_long_work(bytes_under(loaded.source.files))
+    check_source_tensors(loaded)
     torch_dtype = _resolve_dtype(dtype, loaded)
     planned, shapes = plan_tensors(loaded, torch_dtype)
     vocab_size, hidden_size = shapes["word_embeddings.weight"]
     num_layers = 1 + max(int(name.split(".")[2]) for name in shapes if name.startswith("transformer.layers."))
     family = tokenizer_family or guess_tokenizer_family(vocab_size, hidden_size, num_layers)
-    config = infer_config(shapes, num_attention_heads, family, loaded.source.hub_config, num_shards=len(loaded.shards))
+    try:
+        config = infer_config(shapes, num_attention_heads, family, loaded.source.hub_config, len(loaded.shards))
+    except CheckpointError:
+        raise
+    except ValueError as error:  # GLMConfig's own checks (a zero vocabulary or width)
+        raise CheckpointError(f"{loaded.source.files[0]}: the tensors describe no valid GLM: {error}") from None
+    check_against_config(loaded, shapes, config)
+    with tqdm(
+        total=bytes_under(loaded.source.files),
+        desc="Hashing source",
+        unit="B",
+        unit_scale=True,
+        disable=not show_progress,
+    ) as bar:
+        hashes = {str(file.relative_to(loaded.source.root)): sha256_of(file, bar) for file in loaded.source.files}
+    check_distinct_shards(hashes)
     config.dtype = torch_dtype
 
     sources = [Path(source), *loaded.source.files]
@@ -317,9 +420,6 @@ def convert_checkpoint(
             from ..hub import export_remote_code
 
             files = list(dict.fromkeys([*files, *export_remote_code(staging)]))
-        total = sum(file.stat().st_size for file in loaded.source.files)
-        with tqdm(total=total, desc="Hashing source", unit="B", unit_scale=True, disable=not show_progress) as bar:
-            hashes = {str(file.relative_to(loaded.source.root)): sha256_of(file, bar) for file in loaded.source.files}
         report = ConversionReport(
             source=Path(source),
             output=output,
@@ -369,7 +469,15 @@ def verify_conversion(folder: Path, loaded: _LoadedSource, dtype: torch.dtype) -
         model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype).eval()
     state = model.state_dict()
     for name in loaded.backbone:
-        if not torch.equal(state[original_to_hf_key(name)], loaded.merged(name).to(dtype)):
+        source = loaded.merged(name).to(dtype)
+        if source.isnan().any():
+            raise CheckpointError(
+                f"Verification stopped: {loaded.key_in_file(name)} holds NaN values in the source checkpoint "
+                f"({int(source.isnan().sum())} of {source.numel()}): the checkpoint is damaged or its training "
+                "diverged, and any model made from it computes NaN. Convert another checkpoint (or drop --verify "
+                "to copy it as it is)."
+            )
+        if not torch.equal(state[original_to_hf_key(name)], source):
             raise CheckpointError(f"Verification failed: {name} differs from its source after conversion.")
     length = min(8, model.config.max_position_embeddings)
     input_ids = torch.arange(length).remainder(model.config.vocab_size)[None]

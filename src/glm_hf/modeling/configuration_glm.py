@@ -97,6 +97,22 @@ PRESETS: dict[str, tuple[int, int, int, int, int, str]] = {
     "glm-10b-chinese": (48, 4096, 64, 50048, 1024, "chinese-sp-10b"),
 }
 
+# Keys that must be positive whole numbers, and dropout probabilities (in [0, 1]).
+POSITIVE_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+PROBABILITIES = (
+    "embedding_dropout_prob",
+    "attention_probs_dropout_prob",
+    "hidden_dropout_prob",
+    "classifier_dropout",
+)
+
 # Tokens `GLMForSequenceClassification` can pool, as the original's `--pool-token` choices.
 CLASSIFIER_POOLS = ("cls", "start", "pad")
 
@@ -162,17 +178,34 @@ class GLMConfig(PreTrainedConfig):
     classifier_dropout: float | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        self.check_values()
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         super().__post_init__(**kwargs)
 
-    def validate_architecture(self) -> None:
-        """Reject shapes the model cannot be built with."""
+    def check_values(self) -> None:
+        """Refuse values no GLM can be built or run with, naming the key (ValueError): a width, depth, head count
+        or table size that is not a positive whole number, a LayerNorm epsilon that is not positive, a dropout
+        outside [0, 1]. Without this they fail deep inside the model, or load and give NaN."""
+        for key in POSITIVE_SIZES:
+            value = getattr(self, key)
+            if key == "intermediate_size" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GLMConfig {key}={value!r}: it must be a positive whole number.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
-                f"({self.num_attention_heads})."
+                f"GLMConfig hidden_size={self.hidden_size} must be a multiple of num_attention_heads="
+                f"{self.num_attention_heads} (each head takes hidden_size / num_attention_heads columns)."
             )
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ValueError(f"GLMConfig layer_norm_eps={self.layer_norm_eps!r}: it must be a positive number.")
+        for key in PROBABILITIES:
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0):
+                raise ValueError(f"GLMConfig {key}={value!r}: a dropout probability must be in [0, 1].")
+        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
+            raise ValueError(f"GLMConfig initializer_range={self.initializer_range!r}: it must be 0 or more.")
 
     def validate_classifier_pool(self) -> None:
         """Reject a pooling token the classification head does not know."""
