@@ -20,6 +20,7 @@ import torch
 import glm_hf
 from glm_hf.cli import main
 from glm_hf.conversion import CheckpointError, convert_checkpoint
+from glm_hf.default_model import default_model_folder
 
 CHECKPOINTS = Path(__file__).parent / "fixtures" / "original_checkpoints"
 
@@ -321,3 +322,50 @@ def test_verify_says_the_source_holds_nan(tmp_path):
         convert(source, tmp_path / "out", verify=True)
     assert not (tmp_path / "out").exists()
     convert(source, tmp_path / "out")  # without --verify the tensors are copied as they are
+
+
+# ---- SuperGLUE files ------------------------------------------------------------------------------------------------
+
+
+def rte_row(index: int, **fields) -> str:
+    row = {"premise": "The cat sat.", "hypothesis": "A cat sat.", "label": "entailment", "idx": index}
+    row.update(fields)
+    return json.dumps({key: value for key, value in row.items() if value is not ...})
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("label", [..., None])  # no "label" key, or "label": null
+def test_a_training_or_validation_row_without_a_label_is_refused_naming_file_and_line(tmp_path, split, label):
+    from glm_hf.superglue import read_split
+
+    (tmp_path / f"{split}.jsonl").write_text("\n".join([rte_row(0), rte_row(1, label=label), rte_row(2)]) + "\n")
+    with pytest.raises(ValueError, match=rf'{split}.jsonl:2: no "label" \(missing or null\); every {split} row needs'):
+        read_split("rte", tmp_path, split)
+
+
+def test_test_rows_need_no_label(tmp_path):
+    from glm_hf.superglue import read_split
+
+    (tmp_path / "test.jsonl").write_text("\n".join([rte_row(0, label=...), rte_row(1, label=None)]) + "\n")
+    assert [example.label for example in read_split("rte", tmp_path, "test")] == [None, None]
+
+
+def test_a_superglue_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    from glm_hf.superglue import read_split
+
+    latin1 = rte_row(1, premise="caf\xe9").replace("\\u00e9", "\xe9").encode("latin-1")  # not UTF-8
+    (tmp_path / "val.jsonl").write_bytes((rte_row(0) + "\n").encode() + latin1)
+    with pytest.raises(
+        ValueError, match=r"val.jsonl:2: not UTF-8 \(byte 0xe9 at column \d+\); save the file as UTF-8"
+    ):
+        read_split("rte", tmp_path, "val")
+
+
+def test_finetune_on_an_empty_train_file_says_so(tmp_path):
+    (tmp_path / "train.jsonl").write_text("\n\n")
+    (tmp_path / "val.jsonl").write_text(rte_row(0) + "\n")
+    with pytest.raises(
+        SystemExit, match=r"glm-hf finetune: error: .*train.jsonl holds no RTE examples: the file is empty"
+    ):
+        main(["finetune", "--task", "rte", "--data-dir", str(tmp_path), "--model", str(default_model_folder()),
+              "--output-dir", str(tmp_path / "out")])  # fmt: skip

@@ -90,8 +90,11 @@ class PVP:
         return [ClozeCandidate(parts_a, parts_b, answer) for answer in self.answers(example)]
 
     def target_index(self, example: SuperGLUEExample, split: str) -> int:
-        """The index of the right candidate, the label of the loss (0 for an unlabelled example)."""
-        return example.label_index or 0
+        """The index of the right candidate, the label of the loss (0 for a test example, which has none)."""
+        index = example.label_index
+        if index is None and split != "test":
+            raise ValueError(f"{example.source or example.guid}: a {split} example without a label cannot be scored.")
+        return index or 0
 
 
 class RtePVP(PVP):

@@ -186,9 +186,16 @@ def _rows(path: Path, task: str) -> Iterator[tuple[int, _Row]]:
     """(0-based line index, row) for every non-blank line of a jsonl file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist or is not a file (expected a {TASK_DIRS[task]} .jsonl file).")
-    with path.open(encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
+    with path.open("rb") as handle:
+        for index, raw in enumerate(handle):
             where = f"{path}:{index + 1}"
+            try:
+                line = raw.decode("utf-8-sig" if index == 0 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise SuperGLUEDataError(
+                    f"{where}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); save the file "
+                    "as UTF-8, as the official SuperGLUE files are."
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -555,7 +562,22 @@ def read_examples(task: str, path: str | Path, split: str, **options: Any) -> li
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(f"read_examples for {task} takes no option {', '.join(sorted(unknown))}.")
-    return _READERS[task](Path(path), split, **options)
+    path = Path(path)
+    examples = _READERS[task](path, split, **options)
+    if not examples:
+        dropped = " (WSC training keeps only the rows labelled true)" if task == "wsc" and split == "train" else ""
+        raise SuperGLUEDataError(
+            f"{path} holds no {TASK_DIRS[task]} examples{dropped}: the file is empty or has only blank lines. Put the "
+            f"{split} split's rows in it (one JSON object per line)."
+        )
+    if split != "test":
+        unlabelled = next((example for example in examples if example.label is None), None)
+        if unlabelled is not None and task != "record":  # ReCoRD's answers are its labels (checked by its reader)
+            raise SuperGLUEDataError(
+                f'{unlabelled.source}: no "label" (missing or null); every {split} row needs one to '
+                f"{'train on' if split == 'train' else 'score'} (only test rows may go without)."
+            )
+    return examples
 
 
 def read_split(task: str, data_dir: str | Path, split: str, **options: Any) -> list[SuperGLUEExample]:
