@@ -181,6 +181,22 @@ def test_pretrain_command_trains_evaluates_saves_and_resumes(tmp_path, capsys):
     steps = [entry["step"] for entry in resumed_history if "loss" in entry]
     assert steps[0] <= 2 and steps[-1] == 4 and 3 in steps
     assert [path.name for path in resumed.glob("checkpoint-*")] == ["checkpoint-4"]  # a restart would save step 2
+    # Exactly the uninterrupted run: the same masks (the collator's draw counter came back with the checkpoint),
+    # the same losses and weights.
+    assert json.loads((checkpoint / "blank_infilling_collator.json").read_text()) == {"next_draw": 2}
+
+    def losses(entries: list[dict]) -> dict[int, float]:
+        return {entry["step"]: entry["loss"] for entry in entries if "loss" in entry and entry["step"] > 2}
+
+    assert losses(resumed_history) == losses(history)
+    assert_same_weights(resumed / "model.safetensors", output / "model.safetensors")
+
+    # transformers' spelling for "the last checkpoint in --output_dir": resumes from checkpoint-4 of `resumed`.
+    cli_main(
+        ["pretrain", *common, "--output_dir", str(resumed), "--max_steps", "4", "--resume_from_checkpoint", "True"]
+    )
+    with pytest.raises(SystemExit, match="resumes from the last checkpoint-.* but there is none"):
+        cli_main(["pretrain", *common, "--output_dir", str(tmp_path / "new"), "--resume_from_checkpoint", "True"])
 
 
 def test_pretrain_reports_bad_arguments_clearly(tmp_path):
@@ -260,3 +276,12 @@ def test_the_readme_pretrain_example_runs_as_written_on_a_corpus_of_short_lines(
     listed = capsys.readouterr().out
     assert "model.safetensors" in listed and "nothing was uploaded" in listed
     assert "left out (training state or --exclude): checkpoint-4, training_args.bin" in listed
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    from safetensors.torch import load_file
+
+    one, two = load_file(first), load_file(second)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.equal(one[name], two[name]), name

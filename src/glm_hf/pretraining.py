@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from .blank_infilling import DataCollatorForBlankInfilling, pack_documents, read_corpus
 from .modeling import FAMILY_TOKEN_IDS, PRESETS, GLMConfig, GLMForConditionalGeneration
@@ -284,6 +285,41 @@ def _pad_row(values: torch.Tensor, width: int, fill: int) -> torch.Tensor:
     return torch.nn.functional.pad(values, (0, width - values.shape[-1]), value=fill)
 
 
+# Written into every checkpoint folder: the blank-infilling collator's draw counter for the next batch.
+COLLATOR_STATE_FILE = "blank_infilling_collator.json"
+
+
+class _CollatorStateCallback(TrainerCallback):
+    """Saves the draw counter of the next batch into each checkpoint (see `BlankInfillingTrainer`)."""
+
+    def __init__(self, trainer: BlankInfillingTrainer) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            next_draw = self.trainer.first_draw + self.trainer.batches_trained
+            (folder / COLLATOR_STATE_FILE).write_text(json.dumps({"next_draw": next_draw}) + "\n")
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint folder to resume from: a path, or "True" (transformers' spelling for the last checkpoint in
+    `output_dir`); None to start afresh."""
+    if resume_from_checkpoint in (None, False, "", "False", "false"):
+        return None
+    if resume_from_checkpoint in (True, "True", "true"):
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise ValueError(
+                f"--resume_from_checkpoint True resumes from the last checkpoint-* in --output_dir {output_dir}, "
+                "but there is none: run without it to start, or give a checkpoint folder."
+            )
+        return last
+    if not Path(resume_from_checkpoint).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {resume_from_checkpoint} is not a checkpoint folder.")
+    return str(resume_from_checkpoint)
+
+
 class BlankInfillingTrainer(Trainer):
     """`Trainer` whose loss reads the logits of the Part B columns only.
 
@@ -294,6 +330,28 @@ class BlankInfillingTrainer(Trainer):
     Every evaluation masks the held-out samples with the same draws (a copy of the collator from batch 0), so the
     evaluation losses of a run compare like with like and evaluating does not move the training draws.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        collator = self.data_collator
+        # The collator's draw counter when training started, and the batches trained since: their sum is the draw
+        # of the next batch, which a checkpoint keeps so that a resumed run draws as an uninterrupted one. (The
+        # collator's own counter runs ahead: the data loader collates the next batch before the current one trains.)
+        self.first_draw = collator.count if isinstance(collator, DataCollatorForBlankInfilling) else 0
+        self.batches_trained = 0
+        self.add_callback(_CollatorStateCallback(self))
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.batches_trained += 1
+        return super().training_step(*args, **kwargs)
+
+    def resume_collator(self, checkpoint: str | Path) -> None:
+        """Restore the draw counter a checkpoint saved (`COLLATOR_STATE_FILE`), so that the resumed run masks its
+        batches as the uninterrupted run did."""
+        state_path = Path(checkpoint) / COLLATOR_STATE_FILE
+        if isinstance(self.data_collator, DataCollatorForBlankInfilling) and state_path.is_file():
+            self.data_collator.count = int(json.loads(state_path.read_text())["next_draw"])
+            self.first_draw, self.batches_trained = self.data_collator.count, 0
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         training_collator = self.data_collator
@@ -388,7 +446,10 @@ def _train(args: PretrainingArguments, training_args: TrainingArguments) -> dict
         data_collator=collator,
         processing_class=tokenizer,
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if checkpoint is not None:
+        trainer.resume_collator(checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics)
     metrics.update(trainer.evaluate())
     trainer.save_model()
