@@ -20,7 +20,7 @@ import torch
 import glm_hf
 from glm_hf.cli import main
 from glm_hf.conversion import CheckpointError, convert_checkpoint
-from glm_hf.default_model import default_model_folder
+from glm_hf.default_model import default_model_and_tokenizer, default_model_folder
 
 CHECKPOINTS = Path(__file__).parent / "fixtures" / "original_checkpoints"
 
@@ -369,3 +369,29 @@ def test_finetune_on_an_empty_train_file_says_so(tmp_path):
     ):
         main(["finetune", "--task", "rte", "--data-dir", str(tmp_path), "--model", str(default_model_folder()),
               "--output-dir", str(tmp_path / "out")])  # fmt: skip
+
+
+# ---- resource limits ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_new_tokens", ["3000000", "1000000000", "256"])
+def test_infill_max_new_tokens_past_the_position_table_is_refused_before_allocating(max_new_tokens, tmp_path):
+    """The embedded model has 257 position rows; the cache is sized by max_new_tokens (3M reached 4.9 GB)."""
+    with pytest.raises(SystemExit, match=rf"max_new_tokens={max_new_tokens}: .*257 rows .*give at most 255"):
+        main(["infill", "the [MASK] is out of joint .", "--max-new-tokens", max_new_tokens])
+    model, tokenizer = default_model_and_tokenizer()
+    with pytest.raises(ValueError, match="give at most 255"):
+        glm_hf.fill_blanks(model, tokenizer, "the [MASK] .", max_new_tokens=int(max_new_tokens))
+
+
+def test_a_text_longer_than_the_position_table_is_named(tmp_path):
+    long_text = " ".join(["word"] * 400) + " [MASK] ."
+    with pytest.raises(SystemExit, match=r"text 1 .*The prompt has 404 tokens; .*max_position_embeddings=257"):
+        main(["infill", long_text, "--max-new-tokens", "2"])
+
+
+def test_a_deeply_nested_json_record_is_a_clean_error_naming_file_and_line(tmp_path):
+    source = tmp_path / "texts.jsonl"
+    source.write_text('{"text": "a [MASK] b"}\n' + '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(SystemExit, match=r"texts.jsonl:2: the JSON nests too deeply to read"):
+        main(["infill", "--input", str(source)])

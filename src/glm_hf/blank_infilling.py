@@ -144,6 +144,10 @@ def read_text_records(path: Path) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
+        except RecursionError:
+            raise ValueError(
+                f'{path}:{number}: the JSON nests too deeply to read; a record is an object with a "text" field.'
+            ) from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise ValueError(f'{path}:{number}: expected an object with a string "text" field.')
         texts.append(record["text"])

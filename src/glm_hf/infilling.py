@@ -167,8 +167,22 @@ def blank_generation_config(model: GLMForConditionalGeneration, generate_kwargs:
         raise ValueError("fill_blanks returns InfillingResult objects; return_dict_in_generate is not supported.")
     if generation_config.max_new_tokens is None:
         generation_config.max_new_tokens = 32
+    check_span_length(model.config, generation_config.max_new_tokens)
     generation_config.use_cache = True
     return generation_config
+
+
+def check_span_length(config: GLMConfig, max_new_tokens: int) -> None:
+    """Refuse, before anything is allocated (the cache is sized by it), a span longer than the position tables hold:
+    a span's [sop] and tokens take block positions 1 .. max_new_tokens + 1."""
+    rows = config.max_position_embeddings
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: give a whole number of tokens per blank, at least 1.")
+    if config.block_position_encoding and max_new_tokens + 1 >= rows:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens}: a blank's span takes block positions 1..{max_new_tokens + 1}, but "
+            f"this model's position tables have {rows} rows (max_position_embeddings): give at most {rows - 2}."
+        )
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int | None) -> list[list[int]]:
