@@ -107,7 +107,7 @@ def test_trainer_mixed_precision_with_gradient_checkpointing(tmp_path, precision
     expected = torch.bfloat16 if precision == "bf16" else torch.float16
     assert dtypes == [expected] * 4  # 2 steps x (forward + checkpointed recompute), in half precision
     assert all(p.dtype == torch.float32 for p in model.parameters())  # float32 master weights
-    assert any(not torch.equal(before[name], p.detach()) for name, p in model.named_parameters())
+    assert any(not torch.equal(before[name], p.detach().cpu()) for name, p in model.named_parameters())
 
 
 def _c_compiler() -> str | None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -56,6 +58,19 @@ def keep_logit_columns(hidden_states: torch.Tensor, logits_to_keep: int | torch.
     if isinstance(logits_to_keep, int):
         return hidden_states if logits_to_keep == 0 else hidden_states[:, -logits_to_keep:, :]
     return hidden_states[:, logits_to_keep, :]
+
+
+# SDPA backends GLM allows: not cuDNN attention, which builds a new execution plan for every new key length (about
+# 0.5 ms of host time per call on an H200), i.e. at every decode step of every layer.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention_backends(attn_implementation: str) -> AbstractContextManager[None]:
+    """The SDPA backends for one forward (`SDPA_BACKENDS`); nothing to choose for other implementations or inside a
+    compiled graph (whose kernels were chosen when it was traced)."""
+    if attn_implementation != "sdpa" or torch.compiler.is_compiling():
+        return nullcontext()
+    return sdpa_kernel(SDPA_BACKENDS)
 
 
 def eager_attention_forward(
@@ -563,17 +578,18 @@ class GLMModel(GLMPreTrainedModel):
             )
         all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
         all_attentions: tuple[torch.Tensor | None, ...] | None = () if output_attentions else None
-        for layer in self.layers:
-            if all_hidden_states is not None:
-                all_hidden_states += (hidden_states,)
-            hidden_states, attn_weights = layer(
-                hidden_states,
-                attention_mask=mask,
-                past_key_values=past_key_values,  # a given cache is read (and extended) even with use_cache=False
-                **kwargs,
-            )
-            if all_attentions is not None:
-                all_attentions += (attn_weights,)
+        with attention_backends(self.config._attn_implementation):
+            for layer in self.layers:
+                if all_hidden_states is not None:
+                    all_hidden_states += (hidden_states,)
+                hidden_states, attn_weights = layer(
+                    hidden_states,
+                    attention_mask=mask,
+                    past_key_values=past_key_values,  # a given cache is read (and extended) even with use_cache=False
+                    **kwargs,
+                )
+                if all_attentions is not None:
+                    all_attentions += (attn_weights,)
         hidden_states = self.final_layernorm(hidden_states)
         if all_hidden_states is not None:
             all_hidden_states += (hidden_states,)
@@ -688,6 +704,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.glm = GLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._keys_to_ignore_on_save = tied_head_keys(config)
+        self.padding_free_generation = False  # set by generate() for its run when no padding mask was given
         self.post_init()
         self.generation_config = glm_generation_config(config)
 
@@ -786,10 +803,14 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         columns = embeds if embeds is not None else prompt  # every column of the sequence, cached ones included
         if columns is not None:
             self._prepare_generation_positions(columns, prompt, kwargs)
+        # No padding mask given: no row is padded, so the steps need no mask beyond GLM's own (a decode step on the
+        # dynamic cache then runs with none at all); transformers still keeps its all-ones mask for its bookkeeping.
+        self.padding_free_generation = kwargs.get("attention_mask") is None
         try:
             return super().generate(inputs, **kwargs)
         finally:
             self.glm.positions_prechecked = False
+            self.padding_free_generation = False
 
     def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
         """The one-token prompt `generate()` starts from when given no input: [bos] per row (rows as many as a
@@ -862,6 +883,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         if "cache" in model_inputs:  # transformers >= 5.24; the forward takes both names, PEFT reads this one
             model_inputs["past_key_values"] = model_inputs.pop("cache")
+        if self.padding_free_generation and model_inputs.get("attention_mask") is not None:
+            if model_inputs["attention_mask"].dim() == 2:
+                model_inputs["attention_mask"] = None
         if position_ids is None:
             return model_inputs
         step = model_inputs.get("inputs_embeds")

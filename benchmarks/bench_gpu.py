@@ -1,0 +1,266 @@
+"""GPU decoding against the memory-bandwidth bound: the targets of a short GPU lease, each on its own.
+
+Random fp16 weights of the released shapes (std 0.02, the original's init: fp16-safe through 48 layers), greedy,
+eos disabled so that every run makes exactly the tokens asked for, GLM blank-infilling prompts (Part A, then [sop]).
+The decode rate is `(N - 1) / (t(N) - t(1))`; the bound is weight bytes / read bandwidth (summing a 1 GiB tensor in
+the same run): fraction 1.0 means a decode step costs one read of the weights.
+
+Targets (`--targets`, default all), each timed alone so that one failure does not stop the others:
+- `default`: glm-2b, batch 1, `generate()` with no flags;
+- `captured`: glm-2b, batch 1, `cache_implementation="static"`: transformers compiles the decode step
+  (`torch.compile(mode="reduce-overhead")`: CUDA graphs); the first call's compile time is reported;
+- `batch16`: glm-2b, batch 16, no flags (total tokens/s, and against batch 1);
+- `glm10b`: glm-10b, batch 1, captured;
+- `infill`: `fill_blanks` of 32 texts x 2 blanks x 8 tokens at batch 16 against one text at a time (glm-large
+  shape with the embedded model's tokenizer);
+- `greedy-equal`: tokens of the captured step against the default path (fp32, glm-2b width at 4 layers).
+
+Prints one `TARGET` line per target; `--output` writes the "(cuda)" section of RESULTS.md. `GLM_HF_GPU_SMOKE=1`
+runs every target on tiny shapes on the CPU (to check the script itself before a lease).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import parameter_bytes, read_bandwidth, synchronize, update_section  # noqa: E402
+
+import glm_hf  # noqa: E402
+from glm_hf.default_model import default_model_and_tokenizer  # noqa: E402
+
+SMOKE = os.environ.get("GLM_HF_GPU_SMOKE") == "1"
+TITLE = "GPU decoding (cuda)"
+TARGET_SECONDS = 150  # a target still running then is stopped and reported, so that the lease's run ends
+TARGETS = ("default", "captured", "batch16", "glm10b", "infill", "greedy-equal")
+
+
+def build(preset: str, device: str, dtype: torch.dtype, **overrides) -> glm_hf.GLMForConditionalGeneration:
+    """A random model of a released shape, initialised on the device (N(0, 0.02) as the original)."""
+    if SMOKE:
+        overrides = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, **overrides}
+    config = glm_hf.GLMConfig.from_preset(preset, **overrides)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = glm_hf.GLMForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def blank_prompt(model: glm_hf.GLMForConditionalGeneration, batch: int, length: int) -> dict:
+    """`[CLS] text [MASK] text [eos] [sop]`: Part A of `length - 1` tokens, [sop] at the mask's position."""
+    config = model.config
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, config.vocab_size - 1000, (batch, length), generator=generator)
+    mask_column = length // 2
+    ids[:, 0], ids[:, mask_column], ids[:, -2], ids[:, -1] = (
+        config.cls_token_id,
+        config.mask_token_id,
+        config.eos_token_id,
+        config.sop_token_id,
+    )
+    positions = torch.arange(length).expand(batch, -1).clone()
+    positions[:, -1] = mask_column
+    blocks = torch.zeros_like(positions)
+    blocks[:, -1] = 1
+    device = model.device
+    return {
+        "input_ids": ids.to(device),
+        "position_ids": positions.to(device),
+        "block_position_ids": blocks.to(device),
+        "prefix_length": length - 1,
+    }
+
+
+def generate_seconds(model, inputs: dict, new_tokens: int, **options) -> float:
+    settings = {"do_sample": False, "eos_token_id": None, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
+    synchronize(str(model.device.type))
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(**inputs, **settings, **options)
+    synchronize(str(model.device.type))
+    return time.perf_counter() - start
+
+
+def decode_rate(model, inputs: dict, new_tokens: int, repeats: int = 2, **options) -> tuple[float, float]:
+    """(decode tokens/s for the whole batch, seconds of the first call: warm-up and compilation)."""
+    first = generate_seconds(model, inputs, new_tokens, **options)
+    generate_seconds(model, inputs, new_tokens, **options)
+    rates = []
+    for _ in range(repeats):
+        long, short = (
+            generate_seconds(model, inputs, new_tokens, **options),
+            generate_seconds(model, inputs, 1, **options),
+        )
+        rates.append((new_tokens - 1) * inputs["input_ids"].shape[0] / max(long - short, 1e-9))
+    return sorted(rates)[len(rates) // 2], first
+
+
+class Run:
+    """Collects target lines and table rows; each target runs inside `target()` so that one failure is reported
+    and the others still run."""
+
+    def __init__(self, device: str, dtype: torch.dtype, bandwidth: float) -> None:
+        self.device, self.dtype, self.bandwidth = device, dtype, bandwidth
+        self.rows: list[str] = []
+        self.lines: list[str] = []
+
+    def target(self, name: str, body: Callable[[], str], limit: int = TARGET_SECONDS) -> None:
+        start = time.perf_counter()
+
+        def too_long(signum: int, frame: object) -> None:
+            raise TimeoutError(f"still running after {limit} s")
+
+        signal.signal(signal.SIGALRM, too_long)
+        signal.alarm(limit)
+        try:
+            line = f"TARGET {name}: {body()} ({time.perf_counter() - start:.0f} s)"
+        except Exception as error:  # noqa: BLE001 (report and go on with the next target)
+            traceback.print_exc()
+            line = f"TARGET {name}: FAILED {type(error).__name__}: {str(error)[:300]}"
+        finally:
+            signal.alarm(0)
+        print(line, flush=True)
+        self.lines.append(line)
+        torch.cuda.empty_cache() if self.device == "cuda" else None
+
+    def fraction(self, model, rate: float) -> float:
+        return parameter_bytes(model) * rate / self.bandwidth
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--output", type=Path, nargs="?", const=Path(__file__).parent / "RESULTS.md")
+    args = parser.parse_args()
+    device = "cpu" if SMOKE else "cuda"
+    dtype = torch.float32 if SMOKE else torch.float16
+    new_tokens = 8 if SMOKE else args.new_tokens
+    prompt = 16 if SMOKE else args.prompt
+    bandwidth = read_bandwidth(device, gib=0.125 if SMOKE else 1.0)
+    run = Run(device, dtype, bandwidth)
+    print(
+        f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, device {device}",
+        flush=True,
+    )
+    if device == "cuda":
+        print(f"GPU {torch.cuda.get_device_name()}, read bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    results: dict[str, float] = {}
+
+    def default() -> str:
+        model = build("glm-2b", device, dtype)
+        rate, _ = decode_rate(model, blank_prompt(model, 1, prompt), new_tokens)
+        results["b1"] = rate
+        run.rows.append(f"| glm-2b, default `generate()` | 1 | {rate:.1f} | {run.fraction(model, rate):.2f} | |")
+        return f"glm-2b default {rate:.1f} tok/s = {run.fraction(model, rate):.2f} of the bound (target 0.3)"
+
+    def captured() -> str:
+        model = build("glm-2b", device, dtype)
+        rate, first = decode_rate(model, blank_prompt(model, 1, prompt), new_tokens, cache_implementation="static")
+        fraction = run.fraction(model, rate)
+        run.rows.append(f"| glm-2b, `cache_implementation=\"static\"` (captured) | 1 | {rate:.1f} | {fraction:.2f} | "
+                        f"first call {first:.1f} s |")  # fmt: skip
+        return f"glm-2b captured {rate:.1f} tok/s = {fraction:.2f} of the bound (target 0.6); first call {first:.1f} s"
+
+    def batch16() -> str:
+        model = build("glm-2b", device, dtype)
+        rate, _ = decode_rate(model, blank_prompt(model, 16, prompt), new_tokens)
+        ratio = rate / results["b1"] if "b1" in results else float("nan")
+        run.rows.append(f"| glm-2b, default, batch 16 (total) | 16 | {rate:.1f} | | {ratio:.1f}x batch 1 |")
+        return f"glm-2b batch 16 {rate:.1f} tok/s in all = {ratio:.1f}x batch 1 (target 10x)"
+
+    def glm10b() -> str:
+        model = build("glm-10b", device, dtype)
+        rate, first = decode_rate(model, blank_prompt(model, 1, prompt), new_tokens, cache_implementation="static")
+        fraction = run.fraction(model, rate)
+        run.rows.append(f"| glm-10b, captured | 1 | {rate:.1f} | {fraction:.2f} | first call {first:.1f} s |")
+        return f"glm-10b captured {rate:.1f} tok/s = {fraction:.2f} of the bound (target 0.8)"
+
+    def infill() -> str:
+        tokenizer = default_model_and_tokenizer()[1]
+        model = build("glm-large", device, dtype, vocab_size=len(tokenizer), **token_ids(tokenizer))
+        words = [word for word in tokenizer.get_vocab() if word.isalpha() and len(word) > 3][:500]
+        torch.manual_seed(2)
+
+        def text() -> str:
+            chosen = [words[int(i)] for i in torch.randint(len(words), (int(torch.randint(12, 40, (1,))),))]
+            for position in sorted(torch.randint(1, len(chosen), (2,)).tolist(), reverse=True):
+                chosen.insert(position, "[MASK]")
+            return " ".join(chosen)
+
+        texts = [text() for _ in range(4 if SMOKE else 32)]
+        options = {"max_new_tokens": 8, "do_sample": False}
+        glm_hf.fill_blanks(model, tokenizer, texts[:2], batch_size=2, **options)  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        glm_hf.fill_blanks(model, tokenizer, texts, batch_size=16, **options)
+        synchronize(device)
+        batched = time.perf_counter() - start
+        start = time.perf_counter()
+        for single in texts:
+            glm_hf.fill_blanks(model, tokenizer, single, **options)
+        synchronize(device)
+        one_by_one = time.perf_counter() - start
+        ratio = one_by_one / batched
+        run.rows.append(f"| `fill_blanks`, {len(texts)} texts x 2 blanks x 8 tokens, glm-large | 16 | | | "
+                        f"{batched:.2f} s batched vs {one_by_one:.2f} s one by one: **{ratio:.1f}x** |")  # fmt: skip
+        return f"fill_blanks batch 16 {ratio:.1f}x one by one (target 5x)"
+
+    def greedy_equal() -> str:
+        model = build("glm-2b", device, torch.float32, num_hidden_layers=4)
+        inputs = blank_prompt(model, 1, prompt)
+        settings = {"do_sample": False, "eos_token_id": None, "max_new_tokens": 32, "min_new_tokens": 32}
+        with torch.no_grad():
+            plain = model.generate(**inputs, **settings)
+            captured = model.generate(**inputs, cache_implementation="static", **settings)
+        same = bool(torch.equal(plain, captured))
+        run.rows.append(f"| greedy tokens, captured vs default, fp32 | 1 | | | {'equal' if same else 'DIFFER'} |")
+        return f"greedy fp32 captured == default: {same}"
+
+    bodies = {"default": default, "captured": captured, "batch16": batch16, "glm10b": glm10b, "infill": infill,
+              "greedy-equal": greedy_equal}  # fmt: skip
+    for name in args.targets:
+        run.target(name, bodies[name])
+
+    body = "\n".join(
+        [
+            f"{'CPU smoke run (tiny shapes)' if SMOKE else torch.cuda.get_device_name()}; torch {torch.__version__}, "
+            f"transformers {__import__('transformers').__version__}; {dtype}, prompt {prompt} tokens (Part A + "
+            f"[sop]), {new_tokens} new tokens, greedy; read bandwidth {bandwidth / 1e9:.0f} GB/s (1 GiB summed).",
+            "",
+            "| workload | batch | decode tok/s | fraction of the bound | notes |",
+            "|---|---|---|---|---|",
+            *run.rows,
+            "",
+            "Target lines of the run (`benchmarks/run_gpu.sh`):",
+            "",
+            *[f"- {line}" for line in run.lines],
+        ]
+    )
+    print(body)
+    if args.output is not None:
+        update_section(args.output, TITLE, body)
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "gpu_results.json").write_text(json.dumps({"lines": run.lines, "rows": run.rows}, indent=1))
+
+
+def token_ids(tokenizer) -> dict[str, int | None]:
+    """The special token ids of a GLM tokenizer, as config fields."""
+    names = ("pad", "eos", "cls", "sep", "mask", "unk", "sop", "eop", "bos")
+    return {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id", None) for name in names}
+
+
+if __name__ == "__main__":
+    main()

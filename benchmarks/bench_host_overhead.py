@@ -1,0 +1,182 @@
+"""Host work per decode step: the CPU proxy of GPU decoding overhead, against a baseline revision in the same run.
+
+On a GPU, a glm-2b decode step reads 3.84 GB of weights in ~1 ms, so the Python and dispatcher work around the
+kernels decides the speed. A model of glm-2b's depth (36 layers) at width 64 has almost no arithmetic: its eager
+decode step on one CPU thread is that host work. Reported, for this checkout and for `--baseline` (a git revision,
+run from `git archive` in a subprocess):
+
+- ATen operators dispatched per layer and per step outside the layers (counted with a `TorchDispatchMode`; exact,
+  the same on every machine);
+- the median host time of one `generate()` decode step, `(t(N) - t(1)) / (N - 1)` over N new tokens.
+
+Usage:
+    PYTHONPATH=src python benchmarks/bench_host_overhead.py [--baseline d81a4e1] [--output benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+TITLE = "Host overhead per decode step (cpu)"
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def build(layers: int, width: int):
+    import glm_hf
+
+    config = glm_hf.GLMConfig(
+        vocab_size=1024,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, width // 64),
+        max_position_embeddings=1025,
+        **{key: value for key, value in glm_hf.FAMILY_TOKEN_IDS["bert-base-uncased"].items() if key != "vocab_size"},
+    )
+    config.pad_token_id = config.eos_token_id = config.sop_token_id = config.eop_token_id = None
+    config.mask_token_id = config.bos_token_id = config.cls_token_id = config.sep_token_id = config.unk_token_id = None
+    torch.manual_seed(0)
+    return glm_hf.GLMForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
+
+
+def prompt(length: int) -> dict[str, torch.Tensor]:
+    """A blank-infilling prompt: Part A, then [sop] at the mask's position (block position 1)."""
+    input_ids = torch.randint(0, 1024, (1, length))
+    position_ids = torch.arange(length).unsqueeze(0)
+    position_ids[0, -1] = length // 2
+    block_position_ids = torch.zeros_like(position_ids)
+    block_position_ids[0, -1] = 1
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "block_position_ids": block_position_ids,
+        "prefix_length": length - 1,
+    }
+
+
+def ops_of_one_step(layers: int, width: int) -> int:
+    """Operators dispatched by one decode-step forward (a cached prompt, one new token) of a `layers`-deep model."""
+    model = build(layers, width)
+    inputs = prompt(64)
+    with torch.no_grad():
+        cache = model(**inputs, use_cache=True).past_key_values
+        step = {
+            "input_ids": torch.tensor([[5]]),
+            "position_ids": inputs["position_ids"][:, -1:],
+            "block_position_ids": inputs["block_position_ids"][:, -1:] + 1,
+            "prefix_length": inputs["prefix_length"],
+            "logits_to_keep": 1,
+        }
+        model.glm.positions_prechecked = True  # as in generate(), which checks once up front
+        with OpCounter() as counter:
+            model(**step, past_key_values=cache, use_cache=True)
+    return counter.count
+
+
+def step_seconds(layers: int, width: int, prompt_length: int, new_tokens: int, repeats: int) -> float:
+    """Median host seconds of one `generate()` decode step (1 thread, eager, greedy)."""
+    model = build(layers, width)
+    inputs = prompt(prompt_length)
+    settings = {"do_sample": False, "eos_token_id": None, "pad_token_id": 0}
+
+    def run(tokens: int) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, **settings)
+        return time.perf_counter() - start
+
+    run(new_tokens)  # warm-up
+    samples = []
+    for _ in range(repeats):
+        samples.append((run(new_tokens) - run(1)) / (new_tokens - 1))
+    return sorted(samples)[len(samples) // 2]
+
+
+def measure(layers: int, width: int, prompt_length: int, new_tokens: int, repeats: int) -> dict[str, float]:
+    torch.set_num_threads(1)
+    one, two = ops_of_one_step(layers, width), ops_of_one_step(2 * layers, width)
+    per_layer = (two - one) / layers
+    return {
+        "ops_per_layer": per_layer,
+        "ops_outside_layers": one - per_layer * layers,
+        "ops_per_step": one,
+        "step_ms": 1000 * step_seconds(layers, width, prompt_length, new_tokens, repeats),
+    }
+
+
+def measure_revision(revision: str, args: argparse.Namespace) -> dict[str, float]:
+    """`measure` run on the package of a git revision (its `src/`), in a subprocess."""
+    with tempfile.TemporaryDirectory() as folder:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "src"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+        env = {**os.environ, "PYTHONPATH": str(Path(folder) / "src")}
+        command = [sys.executable, __file__, "--probe", *sys.argv[1:]]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=36, help="depth (glm-2b's: 36)")
+    parser.add_argument("--width", type=int, default=64, help="hidden size: 64 leaves only the host work")
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline", default="d81a4e1", help="git revision to compare with ('' to skip)")
+    parser.add_argument("--output", type=Path, nargs="?", const=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # internal: print this tree's JSON
+    args = parser.parse_args()
+    figures = measure(args.layers, args.width, args.prompt, args.new_tokens, args.repeats)
+    if args.probe:
+        print(json.dumps(figures))
+        return
+    rows = [("this checkout", figures)]
+    if args.baseline:
+        rows.insert(0, (f"baseline `{args.baseline}`", measure_revision(args.baseline, args)))
+    lines = [
+        f"{args.layers} layers, width {args.width}, prompt {args.prompt} + {args.new_tokens} new tokens, greedy, "
+        "eager SDPA, 1 thread, fp32; ops counted on one decode-step forward (a `TorchDispatchMode`).",
+        "",
+        "| code | ATen ops per layer | ops outside the layers | ops per step | host ms per decode step |",
+        "|---|---|---|---|---|",
+    ]
+    for name, values in rows:
+        lines.append(
+            f"| {name} | {values['ops_per_layer']:.0f} | {values['ops_outside_layers']:.0f} | "
+            f"{values['ops_per_step']:.0f} | {values['step_ms']:.2f} |"
+        )
+    if len(rows) == 2:
+        ratio = rows[0][1]["step_ms"] / rows[1][1]["step_ms"]
+        lines += ["", f"Host time per step: **{ratio:.2f}x** less than the baseline (target: 2x)."]
+    body = "\n".join(lines)
+    print(body)
+    if args.output is not None:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _timing import update_section
+
+        update_section(args.output, TITLE, body)
+
+
+if __name__ == "__main__":
+    main()

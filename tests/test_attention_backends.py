@@ -1,0 +1,100 @@
+"""Which SDPA backends GLM's attention may use, and when a mask reaches SDPA at all (checked on the CPU).
+
+On CUDA, SDPA with a mask (and, on Hopper, without one) may pick cuDNN attention, which builds a new execution plan
+for every new key length: ~0.5 ms of host time per layer and decode step on an H200. GLM's forward allows only the
+flash, memory-efficient and math backends, and a padding-free decode step on the dynamic cache passes no mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from test_generation import default_prompt, make_model
+
+from glm_hf.modeling.modeling_glm import SDPA_BACKENDS
+
+
+@contextmanager
+def recorded_sdpa_calls() -> Iterator[list[dict]]:
+    """Every `scaled_dot_product_attention` call: whether a mask came, its query length, and the backends allowed."""
+    calls: list[dict] = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, key, value, attn_mask=None, *args, **kwargs):
+        calls.append(
+            {
+                "mask": attn_mask is not None,
+                "query_length": query.shape[-2],
+                "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                "flash": torch.backends.cuda.flash_sdp_enabled(),
+                "efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+            }
+        )
+        return original(query, key, value, attn_mask, *args, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = recording
+    try:
+        yield calls
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+def generation_calls(**generate_options) -> list[dict]:
+    model = make_model()
+    input_ids, position_ids, block_position_ids, n = default_prompt()
+    options = dict(position_ids=position_ids, block_position_ids=block_position_ids, prefix_length=n)
+    options.update(max_new_tokens=3, min_new_tokens=3, do_sample=False, **generate_options)
+    with recorded_sdpa_calls() as calls:
+        model.generate(input_ids, **options)
+    return calls
+
+
+def test_cudnn_attention_is_never_allowed_and_the_others_are():
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # the process default: the forward narrows it, and restores it
+    calls = generation_calls()
+    assert calls and not any(call["cudnn"] for call in calls)
+    assert all(call["flash"] and call["efficient"] for call in calls)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.nn.attention.SDPBackend.CUDNN_ATTENTION not in SDPA_BACKENDS
+
+
+def test_prefill_with_part_a_passes_the_mixed_mask_and_padding_free_decode_steps_none():
+    calls = generation_calls()
+    layers = make_model().config.num_hidden_layers
+    prefill, decode = calls[:layers], calls[layers:]
+    assert all(call["mask"] and call["query_length"] > 1 for call in prefill)  # [sop] is causal: Part A + Part B
+    assert len(decode) == 2 * layers and not any(call["mask"] for call in decode)
+
+
+def test_decode_steps_of_a_left_padded_batch_keep_their_padding_mask():
+    model = make_model()
+    input_ids, position_ids, block_position_ids, n = default_prompt()
+    padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), input_ids], 1)
+    attention_mask = torch.cat([torch.zeros(1, 2, dtype=torch.long), torch.ones_like(input_ids)], 1)
+    pad = torch.zeros(1, 2, dtype=torch.long)
+    options = dict(
+        position_ids=torch.cat([pad, position_ids], 1), block_position_ids=torch.cat([pad, block_position_ids], 1)
+    )
+    with recorded_sdpa_calls() as calls:
+        model.generate(padded, attention_mask=attention_mask, prefix_length=n + 2, max_new_tokens=3, **options)
+    assert calls and all(call["mask"] and not call["cudnn"] for call in calls)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_an_explicit_4d_mask_reaches_sdpa_without_cudnn(dtype):
+    model = make_model()
+    input_ids = default_prompt()[0]
+    length = input_ids.shape[1]
+    allowed = torch.ones(1, 1, length, length, dtype=torch.bool).tril()
+    mask = allowed if dtype == torch.bool else torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    with recorded_sdpa_calls() as calls:
+        model(input_ids, attention_mask=mask)
+    assert calls and all(call["mask"] and not call["cudnn"] for call in calls)
+
+
+def test_the_static_cache_passes_a_fixed_size_mask_without_cudnn():
+    calls = generation_calls(cache_implementation="static")
+    assert calls and all(call["mask"] and not call["cudnn"] for call in calls)
