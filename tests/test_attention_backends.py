@@ -98,3 +98,19 @@ def test_an_explicit_4d_mask_reaches_sdpa_without_cudnn(dtype):
 def test_the_static_cache_passes_a_fixed_size_mask_without_cudnn():
     calls = generation_calls(cache_implementation="static")
     assert calls and all(call["mask"] and not call["cudnn"] for call in calls)
+
+
+def test_activation_checkpointing_recomputes_attention_on_the_forwards_backends():
+    """Checkpointing recomputes each block in the backward pass, outside the model's forward: the recomputation must
+    not pick cuDNN where the forward did not (on CUDA the two then save tensors of different shapes and fail)."""
+    from conftest import blank_inputs, enable_activation_checkpointing, tiny_model
+
+    model = tiny_model(embedding_dropout_prob=0.0, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
+    model.train()
+    enable_activation_checkpointing(model)
+    batch = blank_inputs()
+    with recorded_sdpa_calls() as calls:
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+    layers = model.config.num_hidden_layers
+    assert len(calls) == 2 * layers  # the forward, then the recomputation in the backward pass
+    assert not any(call["cudnn"] for call in calls)

@@ -383,16 +383,20 @@ class GLMAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        # In training, activation checkpointing recomputes this call in the backward pass, outside the model's
+        # `attention_backends`: choose them here too, so that the recomputation takes the forward's backend.
+        backends = attention_backends(self.config._attn_implementation) if self.training else nullcontext()
+        with backends:
+            attn_output, attn_weights = attention_interface(
+                self,
+                query_states,
+                key_states,
+                value_states,
+                attention_mask,
+                dropout=self.attention_dropout if self.training else 0.0,
+                scaling=self.scaling,
+                **kwargs,
+            )
         attn_output = attn_output.reshape(batch_size, query_length, -1).contiguous()
         return self.dense(attn_output), attn_weights
 
