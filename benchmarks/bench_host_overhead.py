@@ -46,16 +46,15 @@ class OpCounter(TorchDispatchMode):
 def build(layers: int, width: int):
     import glm_hf
 
+    no_tokens = dict.fromkeys(("pad", "eos", "bos", "sop", "eop", "mask", "cls", "sep", "unk"), None)
     config = glm_hf.GLMConfig(
         vocab_size=1024,
         hidden_size=width,
         num_hidden_layers=layers,
         num_attention_heads=max(1, width // 64),
         max_position_embeddings=1025,
-        **{key: value for key, value in glm_hf.FAMILY_TOKEN_IDS["bert-base-uncased"].items() if key != "vocab_size"},
+        **{f"{name}_token_id": value for name, value in no_tokens.items()},
     )
-    config.pad_token_id = config.eos_token_id = config.sop_token_id = config.eop_token_id = None
-    config.mask_token_id = config.bos_token_id = config.cls_token_id = config.sep_token_id = config.unk_token_id = None
     torch.manual_seed(0)
     return glm_hf.GLMForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
 
@@ -80,7 +79,7 @@ def ops_of_one_step(layers: int, width: int) -> int:
     model = build(layers, width)
     inputs = prompt(64)
     with torch.no_grad():
-        cache = model(**inputs, use_cache=True).past_key_values
+        cache = model(**inputs, use_cache=True)[1]  # the cache (its field's name changed in transformers 5.24)
         step = {
             "input_ids": torch.tensor([[5]]),
             "position_ids": inputs["position_ids"][:, -1:],
@@ -98,7 +97,7 @@ def step_seconds(layers: int, width: int, prompt_length: int, new_tokens: int, r
     """Median host seconds of one `generate()` decode step (1 thread, eager, greedy)."""
     model = build(layers, width)
     inputs = prompt(prompt_length)
-    settings = {"do_sample": False, "eos_token_id": None, "pad_token_id": 0}
+    settings = {"do_sample": False}
 
     def run(tokens: int) -> float:
         start = time.perf_counter()
