@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glm_hf.modeling.chatglm_positions import chatglm_position_ids, chatglm_visibility
+from glm_hf.modeling.chatglm_positions import chatglm_position_ids, chatglm_step_position_ids, chatglm_visibility
 from glm_hf.modeling.chatglm_rotary import ChatGLMRotaryEmbedding
 
 FIXTURE = json.loads(
@@ -74,3 +74,16 @@ def test_rotary_frequencies_are_rounded_through_fp16() -> None:
     exact = 1.0 / (10000 ** (torch.arange(0, 32, 2).float() / 32))
     assert torch.equal(rotary.inv_freq, exact.half().float())
     assert not torch.equal(rotary.inv_freq, exact)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE["cases"]))
+def test_decoding_step_positions_equal_the_original_generation(name: str) -> None:
+    case = FIXTURE["cases"][name]
+    positions = chatglm_step_position_ids(
+        torch.tensor(case["input_ids"]),
+        mask_token_id=TOKEN_IDS["mask_token_id"],
+        gmask_token_id=TOKEN_IDS["gmask_token_id"],
+        bos_token_id=TOKEN_IDS["bos_token_id"],
+        position_encoding_2d=name.endswith("_2d"),
+    )
+    assert positions.tolist() == case["step_position_ids"]

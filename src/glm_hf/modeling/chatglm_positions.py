@@ -68,3 +68,23 @@ def chatglm_visibility(input_ids: torch.Tensor, bos_token_id: int) -> torch.Tens
     causal = columns.unsqueeze(-1) >= columns.unsqueeze(0)
     context = columns.view(1, 1, -1) < chatglm_context_lengths(input_ids, bos_token_id).view(-1, 1, 1)
     return (causal.unsqueeze(0) | context).unsqueeze(1)
+
+
+def chatglm_step_position_ids(
+    input_ids: torch.Tensor,
+    mask_token_id: int,
+    gmask_token_id: int,
+    bos_token_id: int,
+    position_encoding_2d: bool = True,
+) -> torch.Tensor:
+    """Positions of the last column of `input_ids` `[B, T]` for a decoding step, as the original's generation gives.
+
+    2-D: `[B, 2, 1]`, the mask's index and the next block position (equal to the last column of
+    `chatglm_position_ids`). 1-D: `[B, 1]`, the mask's index for [gMASK] rows too (unlike the prompt's positions).
+    """
+    if position_encoding_2d:
+        return chatglm_position_ids(input_ids, mask_token_id, gmask_token_id, bos_token_id)[..., -1:]
+    use_gmask = (input_ids == gmask_token_id).any(dim=-1)
+    mask_ids = torch.where(use_gmask, gmask_token_id, mask_token_id).unsqueeze(-1)
+    chatglm_context_lengths(input_ids, bos_token_id)  # the original refuses rows without <sop> here too
+    return _first_index(input_ids, mask_ids, f"[gMASK] (id {gmask_token_id}) or [MASK] (id {mask_token_id})")[:, None]
