@@ -102,7 +102,7 @@ GLM_HF_JOB = (
     """
 import sys
 from glm_hf.conversion import convert_checkpoint
-convert_checkpoint(sys.argv[1], sys.argv[2], show_progress=False)
+convert_checkpoint(sys.argv[1], sys.argv[2], show_progress=False, num_attention_heads=int(sys.argv[3]))
 """
     + REPORT_PEAK
 )
@@ -127,7 +127,10 @@ def peak_rss_of(job: str, source: Path, output: Path) -> tuple[int, float]:
     """Run `job` in a fresh interpreter, which prints its own peak RSS; that figure in bytes and the wall time."""
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-c", job, str(source), str(output)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", job, str(source), str(output), str(HIDDEN // 64)],  # heads: the original's 64-wide
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return int(result.stdout.split()[-1]), time.perf_counter() - start
 
