@@ -8,7 +8,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -244,20 +245,27 @@ def build_parser() -> argparse.ArgumentParser:
 PASS_THROUGH_JOBS = {"pretrain", "finetune"}
 
 
-def exit_on_sigterm() -> None:
-    """Turn SIGTERM (`kill`, a job scheduler's stop) into an exit that unwinds like Ctrl-C, so that a job's staging
-    folders are removed and nothing half-written stays behind (SIGKILL cannot be caught: the next run cleans up)."""
-    if threading.current_thread() is threading.main_thread():
+@contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """Inside the block, SIGTERM (`kill`, a job scheduler's stop) exits by unwinding like Ctrl-C, so that a job's
+    staging folders are removed and nothing half-written stays behind (SIGKILL cannot be caught: the next run cleans
+    up). The caller's handler comes back after the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-        def stop(signum: int, frame: Any) -> None:
-            raise SystemExit(128 + signum)
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
 
-        signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    exit_on_sigterm()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.job not in PASS_THROUGH_JOBS and rest:
@@ -265,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.argv = argv
     args.rest = rest
     try:
-        args.run(args)
+        with exit_on_sigterm():
+            args.run(args)
     except (OSError, KeyError, ValueError) as error:  # user errors; their messages say what to change
         raise SystemExit(f"glm-hf {args.job}: error: {error}") from None
 
