@@ -16,18 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_conversion import CHECKPOINTS, convert
 
 import glm_hf
 from glm_hf.cli import main
-from glm_hf.conversion import CheckpointError, convert_checkpoint
+from glm_hf.conversion import CheckpointError
 from glm_hf.default_model import default_model_and_tokenizer, default_model_folder
-
-CHECKPOINTS = Path(__file__).parent / "fixtures" / "original_checkpoints"
-
-
-def convert(source: Path, output: Path, **options):
-    options.setdefault("num_attention_heads", 4)
-    return convert_checkpoint(source, output, **options)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

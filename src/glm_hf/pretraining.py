@@ -27,7 +27,7 @@ from .blank_infilling import DataCollatorForBlankInfilling, pack_documents, read
 from .modeling import FAMILY_TOKEN_IDS, PRESETS, GLMConfig, GLMForConditionalGeneration
 from .progress import bytes_under, is_long_work, transformers_progress_bars
 from .tokenization_glm import build_tokenizer
-from .training_arguments import given_fields, parse_strict
+from .training_arguments import given_fields, strict_parser
 from .visualize import write_atomic
 
 
@@ -469,8 +469,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     argv = sys.argv[1:] if argv is None else argv
     types = (PretrainingArguments, TrainingArguments)
-    args, training_args = parse_strict(types, argv, prog="glm-hf pretrain")
-    if "dataloader_pin_memory" not in given_fields(types, argv, prog="glm-hf pretrain"):
+    given = given_fields(types, argv, prog="glm-hf pretrain")  # refuses unknown options with their names
+    args, training_args = strict_parser(types, prog="glm-hf pretrain").parse_args_into_dataclasses(args=list(argv))
+    if "dataloader_pin_memory" not in given:
         training_args.dataloader_pin_memory = torch.cuda.is_available()  # pinning is for copies to a GPU
     torch.manual_seed(training_args.seed)
     return run_pretraining(args, training_args)

@@ -54,10 +54,4 @@ def given_fields(dataclass_types: Any, argv: Sequence[str], prog: str, error: An
     return set(vars(namespace))
 
 
-def parse_strict(dataclass_types: Any, argv: Sequence[str], prog: str, error: Any = None) -> tuple[Any, ...]:
-    """`HfArgumentParser.parse_args_into_dataclasses` without abbreviations or silently dropped options."""
-    given_fields(dataclass_types, argv, prog, error)  # refuses unknown options with their names
-    return strict_parser(dataclass_types, prog, error).parse_args_into_dataclasses(args=list(argv))
-
-
-__all__ = ["given_fields", "parse_strict", "short_usage_error", "strict_parser"]
+__all__ = ["given_fields", "short_usage_error", "strict_parser"]

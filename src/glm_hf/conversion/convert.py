@@ -381,8 +381,9 @@ def convert_checkpoint(
         raise CheckpointError("--vocab-dir needs --tokenizer FAMILY to know which vocabulary files to read.")
 
     loaded = load_source(source, trust_remote_pickle)
+    source_bytes = bytes_under(loaded.source.files)
     if show_progress is None:  # bars only for a checkpoint that takes a while
-        show_progress = is_long_work(bytes_under(loaded.source.files))
+        show_progress = is_long_work(source_bytes)
     check_source_tensors(loaded)
     torch_dtype = _resolve_dtype(dtype, loaded)
     planned, shapes = plan_tensors(loaded, torch_dtype)
@@ -397,7 +398,7 @@ def convert_checkpoint(
         raise CheckpointError(f"{loaded.source.files[0]}: the tensors describe no valid GLM: {error}") from None
     check_against_config(loaded, shapes, config)
     with tqdm(
-        total=bytes_under(loaded.source.files),
+        total=source_bytes,
         desc="Hashing source",
         unit="B",
         unit_scale=True,

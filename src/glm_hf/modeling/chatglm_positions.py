@@ -26,6 +26,16 @@ def _first_index(input_ids: torch.Tensor, token_id: int | torch.Tensor, name: st
     return found.int().argmax(dim=-1)
 
 
+def _mask_positions(
+    input_ids: torch.Tensor, mask_token_id: int, gmask_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`([B] whether the row holds a [gMASK], [B] index of its first [gMASK], else of its first [MASK])`."""
+    use_gmask = (input_ids == gmask_token_id).any(dim=-1)
+    mask_ids = torch.where(use_gmask, gmask_token_id, mask_token_id).unsqueeze(-1)
+    name = f"[gMASK] (id {gmask_token_id}) or [MASK] (id {mask_token_id})"
+    return use_gmask, _first_index(input_ids, mask_ids, name)
+
+
 def chatglm_context_lengths(input_ids: torch.Tensor, bos_token_id: int) -> torch.Tensor:
     """Number of context columns of each row: the index of its first `<sop>` (`bos_token_id`), shape `[B]`."""
     return _first_index(input_ids, bos_token_id, f"<sop> (id {bos_token_id})")
@@ -45,11 +55,8 @@ def chatglm_position_ids(
     batch_size, seq_length = input_ids.shape
     columns = torch.arange(seq_length, device=input_ids.device).unsqueeze(0).expand(batch_size, -1)
     context_lengths = chatglm_context_lengths(input_ids, bos_token_id).unsqueeze(-1)
-    use_gmask = (input_ids == gmask_token_id).any(dim=-1)
-    mask_ids = torch.where(use_gmask, gmask_token_id, mask_token_id).unsqueeze(-1)
-    mask_positions = _first_index(
-        input_ids, mask_ids, f"[gMASK] (id {gmask_token_id}) or [MASK] (id {mask_token_id})"
-    ).unsqueeze(-1)
+    use_gmask, mask_positions = _mask_positions(input_ids, mask_token_id, gmask_token_id)
+    mask_positions = mask_positions.unsqueeze(-1)
     in_block = columns >= context_lengths
     if position_encoding_2d:
         position_ids = torch.where(in_block, mask_positions, columns)
@@ -84,7 +91,5 @@ def chatglm_step_position_ids(
     """
     if position_encoding_2d:
         return chatglm_position_ids(input_ids, mask_token_id, gmask_token_id, bos_token_id)[..., -1:]
-    use_gmask = (input_ids == gmask_token_id).any(dim=-1)
-    mask_ids = torch.where(use_gmask, gmask_token_id, mask_token_id).unsqueeze(-1)
     chatglm_context_lengths(input_ids, bos_token_id)  # the original refuses rows without <sop> here too
-    return _first_index(input_ids, mask_ids, f"[gMASK] (id {gmask_token_id}) or [MASK] (id {mask_token_id})")[:, None]
+    return _mask_positions(input_ids, mask_token_id, gmask_token_id)[1][:, None]

@@ -845,13 +845,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             if prefix_length is None:
                 prefix_length = earlier_prefix
         elif cached:  # ids of the first columns (an assistant model gets its positions extended by +1: cut them)
-            given = (
-                min(ids.shape[-1] for ids in (position_ids, block_position_ids) if ids is not None)
-                if (position_ids is not None or block_position_ids is not None)
-                else 0
-            )
-            if position_ids is not None and block_position_ids is not None:
-                position_ids, block_position_ids = position_ids[:, :given], block_position_ids[:, :given]
+            position_ids, block_position_ids = columns_both_cover(position_ids, block_position_ids)
         else:  # a first pass: ids may be shorter by the soft-prompt columns leading inputs_embeds
             position_ids, block_position_ids, prefix_length = align_positions_to_input(
                 position_ids, block_position_ids, prefix_length, query_length=length, past_length=0
@@ -894,11 +888,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             return model_inputs
         step = model_inputs.get("inputs_embeds")
         step_length = (step if step is not None else model_inputs["input_ids"]).shape[1]
-        if block_position_ids is not None and block_position_ids.shape[-1] != position_ids.shape[-1]:
-            # Assisted decoding counts `position_ids` up for its draft tokens, which GLM's Part B does not do: keep
-            # the columns both cover and extend them by GLM's rule below.
-            given = min(position_ids.shape[-1], block_position_ids.shape[-1])
-            position_ids, block_position_ids = position_ids[:, :given], block_position_ids[:, :given]
+        # Assisted decoding counts `position_ids` up for its draft tokens, which GLM's Part B does not do: keep the
+        # columns both cover and extend them by GLM's rule below.
+        position_ids, block_position_ids = columns_both_cover(position_ids, block_position_ids)
         missing = input_ids.shape[1] - position_ids.shape[-1] if step is None else 0
         if missing > 0:
             position_ids, block_position_ids = positions_of_columns(
@@ -1030,6 +1022,18 @@ class GLMGenerationRun:
             return value.repeat_interleave(repeat, dim=0)
 
         return expand(self.position_ids), expand(self.block_position_ids), expand(self.prefix_length)
+
+
+def columns_both_cover(
+    position_ids: torch.Tensor | None, block_position_ids: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Both id tensors cut to the columns both of them cover. transformers extends `position_ids` by +1 per new
+    column (assisted decoding, an assistant's kwargs) but not `block_position_ids`; the extra positions are wrong for
+    GLM's Part B, so they are dropped and `positions_of_columns` extends both by GLM's rule."""
+    if position_ids is None or block_position_ids is None:
+        return position_ids, block_position_ids
+    given = min(position_ids.shape[-1], block_position_ids.shape[-1])
+    return position_ids[:, :given], block_position_ids[:, :given]
 
 
 def positions_of_columns(
