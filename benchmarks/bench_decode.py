@@ -59,6 +59,7 @@ from transformers import CompileConfig
 from transformers.cache_utils import DynamicCache
 
 from glm_hf import PRESETS, GLMConfig, GLMForConditionalGeneration
+from glm_hf.modeling.configuration_glm import SWITCH_PRESETS
 
 SECTIONS = ("throughput", "fast-paths", "recompute", "memory")
 
@@ -106,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recompute-repeats", type=int, default=1, help="timed runs of the (slow) recompute mode")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument(
-        "--presets", nargs="+", choices=sorted(PRESETS), help="throughput shapes (default: per device)"
+        "--presets", nargs="+", choices=sorted([*PRESETS, *SWITCH_PRESETS]), help="throughput shapes (default: per device)"
     )
     parser.add_argument("--batch-sizes", nargs="+", type=int, help="throughput batch sizes")
     parser.add_argument("--prompts", nargs="+", type=int, help="throughput prompt lengths in tokens, [sop] included")
@@ -171,18 +172,23 @@ def build_model(args: argparse.Namespace, preset: str) -> GLMForConditionalGener
 
 
 def fits(config: GLMConfig, prompt: int) -> bool:
-    """Whether a prompt of `prompt` tokens ([sop] included) fits the position tables."""
-    return prompt - 1 <= config.max_position_embeddings
+    """Whether a prompt of `prompt` tokens ([sop] included) fits the position tables (rotary positions have none)."""
+    return config.position_embedding_type == "rotary" or prompt - 1 <= config.max_position_embeddings
 
 
 def build_prompts(config: GLMConfig, batch_size: int, length: int, device: str, seed: int = 0) -> dict[str, Any]:
-    """`batch_size` prompts `[CLS] text [MASK] [eos] [sop]` of `length` tokens, as generate() keyword arguments."""
+    """`batch_size` prompts `[CLS] text [MASK] [eos] [sop]` of `length` tokens, as generate() keyword arguments;
+    for ChatGLM (`positions_from_ids`) `text [gMASK] <sop>`, whose positions the model reads from the ids."""
     if length < 5:
         raise SystemExit("Prompts need at least 5 tokens ([CLS] text [MASK] [eos] [sop]).")
     generator = torch.Generator().manual_seed(seed)
     # Ids 1000..29999 are ordinary tokens in every GLM vocabulary (the special tokens sit below or above).
     text = torch.randint(1000, min(config.vocab_size, 30000), (batch_size, length - 4), generator=generator)
     column = torch.full((batch_size, 1), 0)
+    if config.positions_from_ids:
+        text = torch.randint(1000, 30000, (batch_size, length - 2), generator=generator)
+        prompt = torch.cat([text, column + config.gmask_token_id, column + config.sop_token_id], 1)
+        return {"input_ids": prompt.to(device)}
     part_a = torch.cat(
         [column + config.cls_token_id, text, column + config.mask_token_id, column + config.eos_token_id], 1
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from glm_hf.modeling.chatglm_positions import chatglm_position_ids, chatglm_step_position_ids, chatglm_visibility
-from glm_hf.modeling.chatglm_rotary import ChatGLMRotaryEmbedding
+from glm_hf.modeling.chatglm_rotary import ChatGLMRotaryEmbedding, apply_rotary
 
 FIXTURE = json.loads(
     gzip.decompress((Path(__file__).parent / "fixtures" / "original_chatglm_positions.json.gz").read_bytes())
@@ -63,8 +63,11 @@ def test_rotary_on_grouped_qkv_equals_the_original(name: str) -> None:
     expected_query = torch.tensor(case["rotated_query"])  # [T, B, heads, head_dim]
     seq_length, batch_size, heads, head_dim = expected_query.shape
     query, key, _ = raw.view(seq_length, batch_size, heads, 3 * head_dim).permute(1, 2, 0, 3).chunk(3, dim=-1)
-    rotary = ChatGLMRotaryEmbedding(head_dim, position_encoding_2d=name.endswith("_2d"))
-    query, key = rotary(query, key, torch.tensor(case["position_ids"]))
+    two_d = name.endswith("_2d")
+    position_ids = torch.tensor(case["position_ids"])
+    positions, blocks = (position_ids[:, 0], position_ids[:, 1]) if two_d else (position_ids, None)
+    cos, sin = ChatGLMRotaryEmbedding(head_dim, position_encoding_2d=two_d)(positions, blocks, query.dtype)
+    query, key = apply_rotary(query, cos, sin, two_d), apply_rotary(key, cos, sin, two_d)
     torch.testing.assert_close(query.permute(2, 0, 1, 3), expected_query, rtol=0, atol=0)
     torch.testing.assert_close(key.permute(2, 0, 1, 3), torch.tensor(case["rotated_key"]), rtol=0, atol=0)
 

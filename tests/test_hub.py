@@ -32,7 +32,15 @@ from conftest import ASSETS
 CHECKPOINTS = Path(__file__).parent / "fixtures" / "original_checkpoints"
 HAVE_ASSETS = (ASSETS / "gpt2-vocab.json").is_file() and (ASSETS / "gpt2-merges.txt").is_file()
 NO_ASSETS = f"shared assets (gpt2 vocabulary) not found at {ASSETS}; set GLM_HF_ASSETS"
-REMOTE_FILES = ["cloze_glm.py", "configuration_glm.py", "infilling_glm.py", "modeling_glm.py", "tokenization_glm.py"]
+REMOTE_FILES = [
+    "chatglm_positions.py",
+    "chatglm_rotary.py",
+    "cloze_glm.py",
+    "configuration_glm.py",
+    "infilling_glm.py",
+    "modeling_glm.py",
+    "tokenization_glm.py",
+]
 TEXTS = ["Hello [MASK] world .", "one [sMASK] two", "<|startofpiece|> x <|endofpiece|>", "  ", "a [gMASK]"]
 
 

@@ -45,6 +45,12 @@ def _convert(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+def _chat(args: argparse.Namespace) -> None:
+    from .chat import run_chat
+
+    run_chat(args)
+
+
 def _push(args: argparse.Namespace) -> None:
     from .hub import push_folder
 
@@ -123,8 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=8)
     demo.set_defaults(run=_demo)
 
-    convert = jobs.add_parser("convert", help="original GLM checkpoint -> safetensors folder for from_pretrained")
-    convert.add_argument("source", type=Path, help="checkpoint folder (released, flat or Hub layout) or .pt/.bin file")
+    convert = jobs.add_parser(
+        "convert", help="original GLM or ChatGLM-6B checkpoint -> safetensors folder for from_pretrained"
+    )
+    convert.add_argument(
+        "source",
+        type=Path,
+        help="checkpoint folder (released, flat or Hub layout; or a ChatGLM-6B folder) or .pt/.bin file",
+    )
     convert.add_argument("output", type=Path, help="folder to create")
     convert.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
     convert.add_argument(
@@ -174,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     infill.add_argument("--temperature", type=float, default=None)
     infill.add_argument("--seed", type=int, default=None, help="seed for sampling")
     infill.set_defaults(run=_infill)
+
+    chat = jobs.add_parser("chat", help="talk to a converted ChatGLM-6B (turns from the terminal or stdin, streamed)")
+    chat.add_argument("model", type=Path, help="converted ChatGLM-6B folder (with its tokenizer)")
+    chat.add_argument(
+        "--adapter", type=Path, default=None, help="PEFT adapter folder, e.g. MODEL/adapter (P-Tuning v2)"
+    )
+    chat.add_argument("--max-new-tokens", type=int, default=512)
+    chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of the original's sampling")
+    chat.add_argument("--top-p", type=float, default=0.7)
+    chat.add_argument("--temperature", type=float, default=0.95)
+    chat.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    chat.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
+    chat.set_defaults(run=_chat)
 
     export = jobs.add_parser("export-original", help="glm-hf folder -> the original checkpoint layout")
     export.add_argument("folder", type=Path)

@@ -55,6 +55,8 @@ SAFETENSORS_ITEM_SIZES = {
 # The flat remote-code files and the package modules they are generated from.
 REMOTE_CODE_MODULES: dict[str, str] = {
     "configuration_glm": "glm_hf.modeling.configuration_glm",
+    "chatglm_positions": "glm_hf.modeling.chatglm_positions",
+    "chatglm_rotary": "glm_hf.modeling.chatglm_rotary",
     "modeling_glm": "glm_hf.modeling.modeling_glm",
     "tokenization_glm": "glm_hf.tokenization_glm",
     "infilling_glm": "glm_hf.infilling",

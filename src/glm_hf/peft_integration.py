@@ -62,7 +62,9 @@ def _cached_length(cache: Any) -> int:
     return int(cache[0][0].shape[-2]) if len(cache) else 0
 
 
-def glm_prompt_learning_kwargs(peft_type: str, num_virtual_tokens: int, kwargs: dict[str, Any]) -> None:
+def glm_prompt_learning_kwargs(
+    peft_type: str, num_virtual_tokens: int, kwargs: dict[str, Any], positions_from_ids: bool = False
+) -> None:
     """Give a GLM's position kwargs (in place) the n virtual tokens of a prompt-learning method.
 
     Prompt tuning / P-Tuning on a first pass (no cache, or an empty one): the n prompt embeddings are prepended,
@@ -71,8 +73,16 @@ def glm_prompt_learning_kwargs(peft_type: str, num_virtual_tokens: int, kwargs: 
     both cases; prefix tuning with no `prefix_length` makes the whole real input Part A, as a first pass without
     PEFT does. The column indices `mask_positions` of `GLMForMultipleChoice`'s single-token cloze move with
     prepended columns.
+
+    `positions_from_ids` (ChatGLM, whose P-Tuning v2 prefix is this cached prefix): positions do not move, as in
+    the original; only a given `prefix_length` counts the n columns (without one, the model makes the cached
+    columns and the prompt's context the prefix).
     """
     cached_prefix = str(getattr(peft_type, "value", peft_type)) in _CACHED_PREFIX_METHODS
+    if cached_prefix and positions_from_ids:
+        if kwargs.get("prefix_length") is not None:
+            kwargs["prefix_length"] = kwargs["prefix_length"] + num_virtual_tokens
+        return
     cache = kwargs.get("past_key_values", kwargs.get("cache"))  # `cache` from transformers 5.24 on
     prepend = not cached_prefix and _cached_length(cache) == 0
     position_ids, block_position_ids, prefix_length = shift_positions_for_virtual_tokens(
@@ -128,7 +138,12 @@ def register_glm_with_peft() -> bool:
         ) -> None:
             if not is_glm_model(self.get_base_model()):
                 return adjust(self, peft_config, kwargs=kwargs, **options)
-            glm_prompt_learning_kwargs(peft_config.peft_type, peft_config.num_virtual_tokens, kwargs)
+            glm_prompt_learning_kwargs(
+                peft_config.peft_type,
+                peft_config.num_virtual_tokens,
+                kwargs,
+                positions_from_ids=self.get_base_model().config.positions_from_ids,
+            )
             # generate() checked the ids before they moved by n: the forward checks them again
             self.get_base_model().base_model.positions_prechecked = False
             return None

@@ -374,6 +374,21 @@ def convert_checkpoint(
     the model and tokenizer code as Hub remote code (`auto_map`), so that `from_pretrained(output,
     trust_remote_code=True)` works without glm_hf (see `glm_hf.hub.export_remote_code`)."""
     output = Path(output)
+    from .chatglm import convert_chatglm, is_chatglm_folder  # imports this module: imported when used
+
+    if is_chatglm_folder(source):
+        return convert_chatglm(
+            source,
+            output,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            force=force,
+            verify=verify,
+            trust_remote_pickle=trust_remote_pickle,
+            show_progress=show_progress,
+            remote_code=remote_code,
+        )
     # Checked again when writing; fail before the slow part.
     check_output_location(output, [Path(source)])
     check_replaceable(output, overwrite, is_converted_folder, force)

@@ -1,4 +1,5 @@
-"""Configuration of the original GLM (THUDM/GLM, Du et al. 2021): blank infilling with 2D positions."""
+"""Configuration of the original GLM (THUDM/GLM, Du et al. 2021): blank infilling with 2D positions; with four
+switches, also of ChatGLM-6B (THUDM/chatglm-6b), which keeps GLM's design with rotary positions and DeepNorm."""
 
 from __future__ import annotations
 
@@ -97,6 +98,38 @@ PRESETS: dict[str, tuple[int, int, int, int, int, str]] = {
     "glm-10b-chinese": (48, 4096, 64, 50048, 1024, "chinese-sp-10b"),
 }
 
+# ChatGLM-6B (THUDM/chatglm-6b's config.json) in this configuration's terms. The released config has no
+# `tie_word_embeddings` key, so transformers ties `lm_head` to the word embeddings when it loads the original.
+CHATGLM_6B: dict[str, Any] = {
+    "vocab_size": 130528,
+    "hidden_size": 4096,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 32,
+    "intermediate_size": 16384,
+    "max_position_embeddings": 2048,
+    "position_embedding_type": "rotary",
+    # The original's blocks are built without their `num_layers` argument, so every ChatGLM uses the default 28.
+    "deepnorm_alpha": (2.0 * 28) ** 0.5,
+    "positions_from_ids": True,
+    "shifted_loss": True,
+    "embedding_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "hidden_dropout_prob": 0.0,
+    "pad_token_id": 3,
+    "bos_token_id": 130004,
+    "eos_token_id": 130005,
+    "sop_token_id": 130004,
+    "eop_token_id": 130005,
+    "mask_token_id": 130000,
+    "gmask_token_id": 130001,
+    "smask_token_id": 130002,
+    "cls_token_id": None,
+    "sep_token_id": None,
+    "unk_token_id": 0,
+}
+SWITCH_PRESETS: dict[str, dict[str, Any]] = {"chatglm-6b": CHATGLM_6B}
+POSITION_EMBEDDING_TYPES = ("learned", "rotary")
+
 # Keys that must be positive whole numbers, and dropout probabilities (in [0, 1]).
 POSITIVE_SIZES = (
     "vocab_size",
@@ -128,8 +161,20 @@ class GLMConfig(PreTrainedConfig):
         num_attention_heads: attention heads; every released model uses head size 64.
         intermediate_size: width of the MLP; `None` means 4 x `hidden_size`, as in the original.
         max_position_embeddings: rows of the position table and of the block-position table. The original
-            allocates max sequence length + 1 rows (513 for the 512-token models).
-        block_position_encoding: whether the second (intra-span) position table exists; every released GLM has it.
+            allocates max sequence length + 1 rows (513 for the 512-token models). Rotary positions have no table:
+            there it is only the trained length (ChatGLM-6B's `max_sequence_length`), not enforced.
+        block_position_encoding: whether positions are 2-D (position and block position); every released GLM and
+            ChatGLM-6B are. Without it (ChatGLM's `position_encoding_2d false`), positions alone.
+        position_embedding_type: "learned" (GLM: two tables added to the word embeddings) or "rotary" (ChatGLM-6B:
+            each head's query and key rotated, the first half by the position, the second by the block position).
+        deepnorm_alpha: with a value, ChatGLM-6B's DeepNorm residual `LN(x) * alpha + f(LN(x))` instead of GLM's
+            `x + f(LN(x))`; ChatGLM's alpha is sqrt(2 * 28) whatever `num_layers` says (the original never passes
+            its layer count to the blocks, which default to 28: the released model's count).
+        positions_from_ids: derive positions, block positions and the bidirectional context from the ids when none
+            are given (ChatGLM-6B: the context is everything before a row's first [sop], positions from [sop] on
+            are the index of its [gMASK], else [MASK]); GLM instead makes the whole first input bidirectional.
+        shifted_loss: the loss compares `logits[:, :-1]` with `labels[:, 1:]` (ChatGLM-6B's convention); GLM's
+            labels are aligned with the inputs (Part B targets are already the next tokens).
         layer_norm_eps: LayerNorm epsilon.
         hidden_act: MLP activation; the original uses the tanh approximation of GELU.
         embedding_dropout_prob / attention_probs_dropout_prob / hidden_dropout_prob: dropout after the embedding
@@ -154,6 +199,10 @@ class GLMConfig(PreTrainedConfig):
     intermediate_size: int | None = None
     max_position_embeddings: int = 513
     block_position_encoding: bool = True
+    position_embedding_type: str = "learned"
+    deepnorm_alpha: float | None = None
+    positions_from_ids: bool = False
+    shifted_loss: bool = False
     layer_norm_eps: float = 1e-5
     hidden_act: str = "gelu_pytorch_tanh"
     embedding_dropout_prob: float = 0.1
@@ -206,6 +255,25 @@ class GLMConfig(PreTrainedConfig):
                 raise ValueError(f"GLMConfig {key}={value!r}: a dropout probability must be in [0, 1].")
         if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
             raise ValueError(f"GLMConfig initializer_range={self.initializer_range!r}: it must be 0 or more.")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"GLMConfig position_embedding_type={self.position_embedding_type!r}: choose "
+                f"{' or '.join(map(repr, POSITION_EMBEDDING_TYPES))}."
+            )
+        if self.position_embedding_type == "rotary" and self.hidden_size // self.num_attention_heads % 4:
+            raise ValueError(
+                f"GLMConfig: rotary positions rotate pairs in each half of a head, so the head size "
+                f"({self.hidden_size // self.num_attention_heads}) must be a multiple of 4."
+            )
+        if self.deepnorm_alpha is not None and not (
+            isinstance(self.deepnorm_alpha, (int, float)) and self.deepnorm_alpha > 0
+        ):
+            raise ValueError(f"GLMConfig deepnorm_alpha={self.deepnorm_alpha!r}: it must be a positive number.")
+        if self.positions_from_ids:
+            needed = ("mask_token_id", "gmask_token_id", "bos_token_id")
+            missing = [key for key in needed if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"GLMConfig positions_from_ids=True reads [MASK], [gMASK] and [sop]: set {missing}.")
 
     def validate_classifier_pool(self) -> None:
         """Reject a pooling token the classification head does not know."""
@@ -220,9 +288,12 @@ class GLMConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> GLMConfig:
-        """The configuration of a released checkpoint, e.g. `GLMConfig.from_preset("glm-10b")`."""
+        """The configuration of a released checkpoint, e.g. `GLMConfig.from_preset("glm-10b")` or "chatglm-6b"."""
+        if name in SWITCH_PRESETS:
+            return cls(**{**SWITCH_PRESETS[name], **overrides})
         if name not in PRESETS:
-            raise ValueError(f"Unknown GLM preset {name!r}; known presets: {', '.join(PRESETS)}.")
+            known = ", ".join([*PRESETS, *SWITCH_PRESETS])
+            raise ValueError(f"Unknown GLM preset {name!r}; known presets: {known}.")
         layers, hidden, heads, vocab, max_length, family = PRESETS[name]
         values: dict[str, Any] = {
             "num_hidden_layers": layers,
@@ -236,4 +307,4 @@ class GLMConfig(PreTrainedConfig):
         return cls(**values)
 
 
-__all__ = ["CLASSIFIER_POOLS", "FAMILY_TOKEN_IDS", "GLMConfig", "PRESETS"]
+__all__ = ["CHATGLM_6B", "CLASSIFIER_POOLS", "FAMILY_TOKEN_IDS", "GLMConfig", "PRESETS", "SWITCH_PRESETS"]

@@ -5,6 +5,12 @@ embedding = word[input_ids] + position[position_ids] + block_position[block_posi
 with a fused `query_key_value` projection (rows Q;K;V) and a tanh-GELU MLP; a final LayerNorm; logits through the
 word embedding (tied head). Part A (the first `prefix_length` columns) is seen by every query in both directions,
 every later column is causal. The loss is not shifted: Part B targets are already the next tokens.
+
+ChatGLM-6B (THUDM/chatglm-6b) is the same model with four config switches: rotary 2-D positions instead of the
+tables (`position_embedding_type="rotary"`), the DeepNorm residual `LN(x) * sqrt(2 * layers) + f(LN(x))`
+(`deepnorm_alpha`), positions and the bidirectional context read from the [gMASK]/[MASK] and [sop] ids
+(`positions_from_ids`), and a shifted loss (`shifted_loss`). Its per-head grouped `query_key_value` rows are
+reordered to Q;K;V at conversion.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
 
+from .chatglm_positions import chatglm_context_lengths, chatglm_position_ids, chatglm_step_position_ids
+from .chatglm_rotary import ChatGLMRotaryEmbedding, apply_rotary
 from .configuration_glm import GLMConfig
 
 logger = logging.get_logger(__name__)
@@ -331,6 +339,44 @@ def align_positions_to_input(
     )
 
 
+def chatglm_prompt_positions(
+    input_ids: torch.Tensor, config: GLMConfig, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """ChatGLM's `(position_ids, block_position_ids or None, context_lengths [B])` of prompts `[B, T]`.
+
+    With a 2-D padding mask the positions count the real tokens (left pads take 0, the real tokens start at 0), as
+    the original tokenizer's padded batches give them; without one they are column indices, pads included, as the
+    original model derives them from the ids alone.
+    """
+    two_d = config.block_position_encoding
+    positions = chatglm_position_ids(
+        input_ids, config.mask_token_id, config.gmask_token_id, config.bos_token_id, position_encoding_2d=two_d
+    )
+    if attention_mask is not None and attention_mask.dim() == 2:
+        # the prompt's own columns: a mask that also covers cached columns (a PEFT prefix) does not move them
+        counted = (attention_mask[:, -input_ids.shape[1] :].long().cumsum(-1) - 1).clamp(min=0)
+        columns = counted.gather(-1, positions[:, 0] if two_d else positions)
+        positions = torch.stack((columns, positions[:, 1]), dim=1) if two_d else columns
+    context_lengths = chatglm_context_lengths(input_ids, config.bos_token_id)
+    if two_d:
+        return positions[:, 0], positions[:, 1], context_lengths
+    return positions, None, context_lengths
+
+
+def chatglm_mask_positions(
+    input_ids: torch.Tensor, config: GLMConfig, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`[B, 1]` index of each row's [gMASK] (else [MASK]), counting only real tokens under a 2-D padding mask: the
+    position a 1-D ChatGLM gives every generated token (`chatglm_step_position_ids`)."""
+    positions = chatglm_step_position_ids(
+        input_ids, config.mask_token_id, config.gmask_token_id, config.bos_token_id, position_encoding_2d=False
+    )
+    if attention_mask is not None and attention_mask.dim() == 2:
+        counted = (attention_mask[:, -input_ids.shape[1] :].long().cumsum(-1) - 1).clamp(min=0)
+        positions = counted.gather(-1, positions)
+    return positions
+
+
 class GLMPositionEmbeddings(nn.Module):
     """GLM's 2D positional encoding: a learned position table plus a learned block-position table, summed."""
 
@@ -369,13 +415,20 @@ class GLMAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         past_key_values: Cache | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`position_embeddings`: the rotary `(cos, sin)` of a rotary-position model (ChatGLM), else None."""
         batch_size, query_length, _ = hidden_states.shape
         qkv_shape = (batch_size, query_length, 3, -1, self.head_dim)
         query_states, key_states, value_states = (
             self.query_key_value(hidden_states).view(qkv_shape).permute(2, 0, 3, 1, 4).unbind(0)
         )  # each [B, heads, T, head_dim]
+        if position_embeddings is not None:  # keys are cached rotated, as the original caches them
+            cos, sin = position_embeddings
+            two_d = self.config.block_position_encoding
+            query_states = apply_rotary(query_states, cos, sin, two_d)
+            key_states = apply_rotary(key_states, cos, sin, two_d)
 
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
@@ -414,15 +467,9 @@ class GLMMLP(nn.Module):
         return self.dense_4h_to_h(self.act_fn(self.dense_h_to_4h(hidden_states)))
 
 
-def pre_layer_norm_residual(
-    residual: torch.Tensor, normed: torch.Tensor, sublayer_output: torch.Tensor
-) -> torch.Tensor:
-    """GLM's residual form: x + f(LN(x)). (ChatGLM's DeepNorm would use `normed` scaled instead of `residual`.)"""
-    return residual + sublayer_output
-
-
 class GLMBlock(GradientCheckpointingLayer):
-    """One pre-LayerNorm transformer block: attention and MLP, each on a residual branch."""
+    """One transformer block: attention and MLP, each on a residual branch. GLM adds the branch to its input,
+    `x + f(LN(x))`; ChatGLM's DeepNorm to the normalised input scaled up, `LN(x) * alpha + f(LN(x))`."""
 
     def __init__(self, config: GLMConfig, layer_idx: int):
         super().__init__()
@@ -431,7 +478,11 @@ class GLMBlock(GradientCheckpointingLayer):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = GLMMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.residual = pre_layer_norm_residual
+        self.deepnorm_alpha = config.deepnorm_alpha
+
+    def _residual(self, hidden_states: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """What the branch output is added to: the block input (GLM) or DeepNorm's scaled normalised input."""
+        return hidden_states if self.deepnorm_alpha is None else normed * self.deepnorm_alpha
 
     def forward(
         self,
@@ -442,10 +493,10 @@ class GLMBlock(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         normed = self.input_layernorm(hidden_states)
         attn_output, attn_weights = self.attention(normed, attention_mask, past_key_values=past_key_values, **kwargs)
-        hidden_states = self.residual(hidden_states, normed, self.dropout(attn_output))
+        hidden_states = self._residual(hidden_states, normed) + self.dropout(attn_output)
 
         normed = self.post_attention_layernorm(hidden_states)
-        hidden_states = self.residual(hidden_states, normed, self.dropout(self.mlp(normed)))
+        hidden_states = self._residual(hidden_states, normed) + self.dropout(self.mlp(normed))
         return hidden_states, attn_weights
 
 
@@ -476,6 +527,8 @@ class GLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, ChatGLMRotaryEmbedding):  # a buffer outside the state dict: computed, never loaded
+            init.copy_(module.inv_freq, module.frequencies())
 
 
 class GLMModel(GLMPreTrainedModel):
@@ -484,7 +537,9 @@ class GLMModel(GLMPreTrainedModel):
     def __init__(self, config: GLMConfig):
         super().__init__(config)
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_positions = GLMPositionEmbeddings(config)
+        rotary = config.position_embedding_type == "rotary"
+        self.embed_positions = None if rotary else GLMPositionEmbeddings(config)
+        self.rotary_emb = ChatGLMRotaryEmbedding(config.head_dim, config.block_position_encoding) if rotary else None
         self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
         self.layers = nn.ModuleList([GLMBlock(config, layer_idx) for layer_idx in range(config.num_hidden_layers)])
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -560,15 +615,23 @@ class GLMModel(GLMPreTrainedModel):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         if cache_position is None:
             cache_position = torch.arange(query_length, device=device) + past_length
+        if self.config.positions_from_ids:
+            position_ids, block_position_ids, prefix_length = self._prompt_positions(
+                input_ids, position_ids, block_position_ids, attention_mask, prefix_length, past_length
+            )
         position_ids, block_position_ids, prefix_length = align_positions_to_input(
             position_ids, block_position_ids, prefix_length, query_length, past_length
         )
         position_ids, block_position_ids = self._resolve_positions(
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
-        if not self.positions_prechecked:
-            self._check_position_range(position_ids, block_position_ids, past_length + query_length)
-        hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
+        if self.embed_positions is not None:
+            if not self.positions_prechecked:
+                self._check_position_range(position_ids, block_position_ids, past_length + query_length)
+            hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
+        else:  # rotary: the angles of these positions, applied to query and key in every layer
+            hidden_states = inputs_embeds
+            kwargs["position_embeddings"] = self.rotary_emb(position_ids, block_position_ids, inputs_embeds.dtype)
         hidden_states = self.embedding_dropout(hidden_states)
 
         mask = self._build_mask(
@@ -619,12 +682,44 @@ class GLMModel(GLMPreTrainedModel):
         position_ids, block_position_ids = split_stacked_positions(position_ids, block_position_ids)
         if position_ids is None:
             position_ids = default_position_ids(cache_position, batch_size, attention_mask)
-        if self.embed_positions.block_position_embeddings is None:
+        if not self.config.block_position_encoding:
             if block_position_ids is not None:
-                raise ValueError("This model has no block-position table (block_position_encoding=False).")
+                raise ValueError("This model has no block positions (block_position_encoding=False).")
         elif block_position_ids is None:
             block_position_ids = torch.zeros_like(position_ids)
         return position_ids, block_position_ids
+
+    def _prompt_positions(
+        self,
+        input_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        block_position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        prefix_length: int | torch.Tensor | None,
+        past_length: int | torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int | torch.Tensor | None]:
+        """What a ChatGLM prompt's ids say (`chatglm_prompt_positions`, which names rows without [sop]): positions
+        when none are given, and, when no `prefix_length` is, the bidirectional prefix: every cached column (a
+        P-Tuning v2 prefix) and the context (the columns before each row's [sop]), as the original's mask. Positions
+        do not move with a cached prefix, as in the original. A decoding step (given positions, filled cache) and
+        inputs_embeds with positions are left as they are."""
+        given = position_ids is not None or block_position_ids is not None
+        decoding = torch.is_tensor(past_length) or past_length > 0
+        if given and (prefix_length is not None or decoding or input_ids is None):
+            return position_ids, block_position_ids, prefix_length
+        if input_ids is None:
+            raise ValueError(
+                "This model (positions_from_ids=True, ChatGLM) reads its positions from the prompt's ids: with "
+                "inputs_embeds, pass position_ids (the original's stacked [B, 2, T] works)."
+            )
+        derived_positions, derived_blocks, context_lengths = chatglm_prompt_positions(
+            input_ids, self.config, attention_mask
+        )
+        if not given:
+            position_ids, block_position_ids = derived_positions, derived_blocks
+        if prefix_length is None:
+            prefix_length = context_lengths + past_length
+        return position_ids, block_position_ids, prefix_length
 
     def _check_position_range(
         self, position_ids: torch.Tensor, block_position_ids: torch.Tensor | None, sequence_length: int
@@ -709,6 +804,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._keys_to_ignore_on_save = tied_head_keys(config)
         self.padding_free_generation = False  # set by generate() for its run when no padding mask was given
+        # Set by generate() for its run on a 1-D ChatGLM: [B, 1] position every new token takes (the mask's index).
+        self.held_generation_positions: torch.Tensor | None = None
         self.post_init()
         self.generation_config = glm_generation_config(config)
 
@@ -746,6 +843,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         r"""
         See `GLMModel.forward` for the inputs. `labels` [B, T] are aligned with the inputs (not shifted: GLM's
         Part B targets are already the next tokens); -100 is ignored. The loss is the mean over the kept tokens.
+        With `config.shifted_loss` (ChatGLM) column t is scored against `labels[:, t + 1]`, as causal LMs do.
         logits_to_keep: int n > 0: logits of the last n columns only (`generate()` passes 1, so a long prompt does
             not cost prompt x vocabulary logits); 0: every column; a 1-D tensor: these columns.
         """
@@ -771,8 +869,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
+            scored, labels = logits, labels.to(logits.device)
+            if self.config.shifted_loss:  # ChatGLM: column t predicts token t + 1
+                scored, labels = scored[:, :-1], labels[:, 1:]
             loss = nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), labels.to(logits.device).reshape(-1), ignore_index=-100
+                scored.float().reshape(-1, scored.shape[-1]), labels.reshape(-1), ignore_index=-100
             )
 
         output = CausalLMOutputWithPast(
@@ -815,6 +916,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         finally:
             self.glm.positions_prechecked = False
             self.padding_free_generation = False
+            self.held_generation_positions = None
 
     def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
         """The one-token prompt `generate()` starts from when given no input: [bos] per row (rows as many as a
@@ -846,6 +948,20 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 prefix_length = earlier_prefix
         elif cached:  # ids of the first columns (an assistant model gets its positions extended by +1: cut them)
             position_ids, block_position_ids = columns_both_cover(position_ids, block_position_ids)
+        elif self.config.positions_from_ids and position_ids is None and block_position_ids is None:
+            if prompt is None or prompt.shape[1] != length:
+                raise ValueError(
+                    "This model (positions_from_ids=True, ChatGLM) reads its positions from the prompt's ids; with "
+                    "inputs_embeds, pass position_ids (the original's stacked [B, 2, T] works)."
+                )
+            position_ids, block_position_ids, context_lengths = chatglm_prompt_positions(
+                prompt, self.config, kwargs.get("attention_mask")
+            )
+            prefix_length = context_lengths if prefix_length is None else prefix_length
+            if not self.config.block_position_encoding:  # 1-D: new tokens take the mask's index, [gMASK] rows too
+                self.held_generation_positions = chatglm_mask_positions(
+                    prompt, self.config, kwargs.get("attention_mask")
+                )
         else:  # a first pass: ids may be shorter by the soft-prompt columns leading inputs_embeds
             position_ids, block_position_ids, prefix_length = align_positions_to_input(
                 position_ids, block_position_ids, prefix_length, query_length=length, past_length=0
@@ -857,7 +973,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if block_position_ids is None and self.config.block_position_encoding:
             block_position_ids = torch.zeros_like(position_ids)
         if position_ids.shape[-1] < length:
-            position_ids, block_position_ids = positions_of_columns(position_ids, block_position_ids, 0, length)
+            position_ids, block_position_ids = positions_of_columns(
+                position_ids, block_position_ids, 0, length, self._held_positions(batch_size)
+            )
         if prefix_length is None:
             prefix_length = length
         elif torch.is_tensor(prefix_length):  # [B], so that beam search can expand it per sequence
@@ -894,7 +1012,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         missing = input_ids.shape[1] - position_ids.shape[-1] if step is None else 0
         if missing > 0:
             position_ids, block_position_ids = positions_of_columns(
-                position_ids, block_position_ids, 0, position_ids.shape[-1] + missing
+                position_ids,
+                block_position_ids,
+                0,
+                position_ids.shape[-1] + missing,
+                self._held_positions(position_ids.shape[0]),
             )
         model_inputs["position_ids"] = position_ids[:, -step_length:].clone(memory_format=torch.contiguous_format)
         if block_position_ids is not None:
@@ -955,10 +1077,19 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 model_kwargs["position_ids"], model_kwargs.get("block_position_ids"), model_kwargs.get("prefix_length")
             )
 
+    def _held_positions(self, batch_size: int) -> torch.Tensor | None:
+        """`held_generation_positions` for `batch_size` rows (repeated per row for beams and returned sequences)."""
+        held = self.held_generation_positions
+        if held is None or held.shape[0] == batch_size:
+            return held
+        return held.repeat_interleave(batch_size // held.shape[0], dim=0)
+
     def _generation_positions_fit(self, model_kwargs: dict[str, Any], total_columns: int) -> bool:
         """Whether the given columns' ids and those of the new columns up to `total_columns` (as
         `positions_of_columns` extends them) all fit the position tables; one host sync."""
         position_ids = model_kwargs.get("position_ids")
+        if self.config.position_embedding_type == "rotary":
+            return True  # no table to index: any position is valid
         if position_ids is None or position_ids.dim() != 2:
             return False
         block_position_ids = model_kwargs.get("block_position_ids")
@@ -987,7 +1118,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         )
         if position_ids is not None:
             model_kwargs["position_ids"], model_kwargs["block_position_ids"] = positions_of_columns(
-                position_ids, block_position_ids, 0, position_ids.shape[-1] + num_new_tokens
+                position_ids,
+                block_position_ids,
+                0,
+                position_ids.shape[-1] + num_new_tokens,
+                self._held_positions(position_ids.shape[0]),
             )
         elif block_position_ids is not None:
             model_kwargs["block_position_ids"] = block_position_ids
@@ -1037,11 +1172,16 @@ def columns_both_cover(
 
 
 def positions_of_columns(
-    position_ids: torch.Tensor, block_position_ids: torch.Tensor | None, start: int, length: int
+    position_ids: torch.Tensor,
+    block_position_ids: torch.Tensor | None,
+    start: int,
+    length: int,
+    held_positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Positions of the sequence columns `start .. start + length - 1`, given those of its first P columns: a later
     column keeps the last position and takes block positions 1, 2, ... past the last one (GLM's Part B); without
-    block positions, positions count up."""
+    block positions, positions count up, or stay at `held_positions` `[B, 1]` when given (a 1-D ChatGLM's new
+    tokens all take the mask's index)."""
     given = position_ids.shape[-1]
     end = start + length
     if end <= given:
@@ -1052,6 +1192,9 @@ def positions_of_columns(
     if block_position_ids is not None:
         new_positions = position_ids[:, -1:].expand(-1, steps.shape[0])
         new_blocks = block_position_ids[:, -1:] + steps
+    elif held_positions is not None:
+        new_positions = held_positions.to(position_ids.device).expand(-1, steps.shape[0])
+        new_blocks = None
     else:
         new_positions = position_ids[:, -1:] + steps
         new_blocks = None
