@@ -49,6 +49,60 @@ def _mismatches(tokenizer: PreTrainedTokenizerFast, items: list[dict[str, Any]])
     return wrong
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _with_normalizer_flags(model: bytes, add_dummy_prefix: bool, remove_extra_whitespaces: bool) -> bytes:
+    """`model` with its normalizer spec's two flags set (the spec is rewritten with fields 3 and 4 last)."""
+    out = bytearray()
+    for number, value in _raw_fields(model):
+        if number == 3:
+            kept = b"".join(_field(n, v) for n, v in _raw_fields(value) if n not in (3, 4))
+            value = kept + _field(3, int(add_dummy_prefix)) + _field(4, int(remove_extra_whitespaces))
+        out += _field(number, value)
+    return bytes(out)
+
+
+def _field(number: int, value: bytes | int) -> bytes:
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _raw_fields(data: bytes) -> list[tuple[int, bytes | int]]:
+    """Top-level (field number, value) pairs of a protobuf message holding varints and length-delimited fields."""
+    fields: list[tuple[int, bytes | int]] = []
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        value, shift = 0, 0
+        while data[pos] & 0x80:
+            value |= (data[pos] & 0x7F) << shift
+            pos, shift = pos + 1, shift + 7
+        value |= data[pos] << shift
+        pos += 1
+        return value
+
+    while pos < len(data):
+        key = varint()
+        if key & 7 == 0:
+            fields.append((key >> 3, varint()))
+        elif key & 7 == 2:
+            length = varint()
+            fields.append((key >> 3, data[pos : pos + length]))
+            pos += length
+        else:
+            raise AssertionError(f"unexpected wire type {key & 7}")
+    return fields
+
+
 def test_fixture_model_is_the_one_the_original_ran_on() -> None:
     assert hashlib.sha256(MODEL.read_bytes()).hexdigest() == FIXTURE["model_sha256"]
     assert MODEL.stat().st_size < 300_000
@@ -59,6 +113,16 @@ def test_ids_and_decodes_equal_the_original(tokenizer: PreTrainedTokenizerFast, 
     items = [item for item in FIXTURE["texts"] if item["kind"] == kind]
     assert items
     assert _mismatches(tokenizer, items) == []
+
+
+@pytest.mark.parametrize("index", range(len(FIXTURE["normalizer_variants"])))
+def test_other_sentencepiece_whitespace_settings_equal_the_original(tmp_path: Path, index: int) -> None:
+    variant = FIXTURE["normalizer_variants"][index]
+    model = tmp_path / "ice_text.model"
+    model.write_bytes(
+        _with_normalizer_flags(MODEL.read_bytes(), variant["add_dummy_prefix"], variant["remove_extra_whitespaces"])
+    )
+    assert _mismatches(chatglm_tokenizer_from_sentencepiece(model), variant["texts"]) == []
 
 
 def test_hand_cases_cover_whitespace_newlines_and_special_strings() -> None:

@@ -138,7 +138,7 @@ def _normalizer(spec: dict[int, list[bytes | int]]) -> normalizers.Normalizer:
     return normalizers.Sequence(steps)
 
 
-def _decoder(dummy_prefix: bool, byte_fallback: bool) -> decoders.Decoder:
+def _decoder(spec: dict[int, list[bytes | int]], byte_fallback: bool) -> decoders.Decoder:
     """SentencePiece's decoding of the pieces, then the original's `postprocess` (the replacements reversed)."""
     steps: list[decoders.Decoder] = [
         decoders.Replace(Regex("^<unk>$"), UNKNOWN_SURFACE),
@@ -148,10 +148,13 @@ def _decoder(dummy_prefix: bool, byte_fallback: bool) -> decoders.Decoder:
     if byte_fallback:
         steps.append(decoders.ByteFallback())
     steps.append(decoders.Fuse())
-    if dummy_prefix:
-        # SentencePiece drops the "▁" starting each piece while the text is still empty ("▁" alone decodes to
-        # nothing): all leading "▁" of the joined pieces, not the space of an unknown surface.
+    # SentencePiece drops the "▁" starting the text (never the space of an unknown surface): with
+    # remove_extra_whitespaces, that of every piece while the text is still empty ("▁" alone decodes to nothing),
+    # else only with add_dummy_prefix and only one.
+    if spec.get(4, [1])[0]:
         steps.append(decoders.Strip(SPACE, 1 << 20, 0))
+    elif spec.get(3, [1])[0]:
+        steps.append(decoders.Strip(SPACE, 1, 0))
     steps += [decoders.Replace(SPACE, " "), decoders.Replace("<n>", "\n"), decoders.Replace("<|tab|>", "\t")]
     steps += [decoders.Replace(f"<|blank_{length}|>", " " * length) for length in range(2, MAX_BLANK_LENGTH + 1)]
     return decoders.Sequence(steps)
@@ -193,7 +196,7 @@ def chatglm_tokenizer_from_sentencepiece(
 
     backend = Tokenizer(Unigram(vocab, unk_id=ids[unknown[0]] if unknown else None, byte_fallback=byte_fallback))
     backend.normalizer = _normalizer(spec)
-    backend.decoder = _decoder(dummy_prefix=bool(spec.get(3, [1])[0]), byte_fallback=byte_fallback)
+    backend.decoder = _decoder(spec, byte_fallback)
     special: dict[str, AddedToken] = {
         name: AddedToken(content, lstrip=True, rstrip=True, normalized=False, special=True)
         for name, content in SPECIAL_TOKENS.items()
