@@ -201,6 +201,13 @@ def test_chat_template_refuses_a_system_message_and_unordered_roles(tokenizer: P
         )
 
 
+def test_chat_template_renders_complete_rounds_of_a_conversation_ending_with_the_reply(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == "[Round 0]\n问：你好\n答：你好！\n"
+
+
 @pytest.mark.parametrize("index", range(len(FIXTURE["responses"])))
 def test_chatglm_response_equals_the_original_process_response(index: int) -> None:
     case = FIXTURE["responses"][index]
@@ -227,6 +234,12 @@ def test_missing_or_corrupt_model_file_is_a_clear_error(tmp_path: Path) -> None:
     corrupt.write_bytes(MODEL.read_bytes()[:1000])
     with pytest.raises(ValueError, match="SentencePiece model"):
         chatglm_tokenizer_from_sentencepiece(corrupt)
+    without_tab = tmp_path / "without_tab.model"
+    tab_piece = b"\x0a\x07<|tab|>"  # a piece message starts with its field 1, the piece string
+    kept = [(n, v) for n, v in _raw_fields(MODEL.read_bytes()) if n != 1 or not v.startswith(tab_piece)]
+    without_tab.write_bytes(b"".join(_field(n, v) for n, v in kept))
+    with pytest.raises(ValueError, match="lacks the pieces"):
+        chatglm_tokenizer_from_sentencepiece(without_tab)
     text = tmp_path / "text.model"
     text.write_text("not a model at all\n")
     with pytest.raises(ValueError, match="SentencePiece model"):

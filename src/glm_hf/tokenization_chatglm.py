@@ -12,16 +12,19 @@ The original (remote code of THUDM/chatglm-6b) wraps the SentencePiece unigram m
   ids read " ⁇ ", control pieces nothing) and reverses the replacements; transformers 4.27's
   `clean_up_tokenization` then removes spaces before punctuation.
 
-Here all of that is one `tokenizers.Tokenizer`: a `Unigram` model over the shifted ids (the image ids hold
-"<image_N>" placeholders), a normalizer doing the replacements and SentencePiece's normalization (its precompiled
+Here all of that is one `tokenizers.Tokenizer`: a `Unigram` model over the shifted ids (placeholders below
+them), a normalizer doing the replacements and SentencePiece's normalization (its precompiled
 character map, whitespace squeezing and dummy prefix, read from the model file), special added tokens that strip
 their neighbours' whitespace, a template post-processor and a decoder reversing it all.
 
-Known differences from the original (texts that spell reserved strings): a text holding "<s>", "</s>" or
-"<image_N>" gets those ids (SentencePiece never matches control pieces, and the image ids are outside its model);
-the original's padded batches also carry a 3-D boolean attention mask and 2-D position ids, where this tokenizer
-returns the usual 2-D `attention_mask` (the model derives positions and visibility from the ids). `do_lower_case`
-and `remove_space` (both off in the release) are not supported.
+Control pieces of the model (<s>, </s>) and the image ids are named "<s> (control)" and "<image 5>" in the fast
+vocabulary: names holding a space, which no normalized text contains, so that a text spelling "<s>" or "<image_5>"
+is split into pieces as the original splits it (the decoder still writes "<image_5>" and nothing for a control
+id). Known differences from the original: `convert_ids_to_tokens` gives those names; the original's padded
+batches also carry a 3-D boolean attention mask and 2-D position ids, where this tokenizer returns the usual 2-D
+`attention_mask` (the model derives positions and visibility from the ids); [gMASK] is no named special token
+(see `chatglm_tokenizer_from_sentencepiece`); `do_lower_case` and `remove_space` (both off in the release) are not
+supported; models with byte fallback are untested (their byte pieces keep the names "<0xNN>").
 """
 
 from __future__ import annotations
@@ -56,7 +59,10 @@ SPACE = "\u2581"  # SentencePiece's whitespace symbol
 UNKNOWN_SURFACE = " \u2047 "  # what SentencePiece decodes an unknown id to
 
 # The chat() / stream_chat() prompt of the original modeling_chatglm.py: the lone query without history, else
-# "[Round i]\n问：{query}\n答：{response}\n" per past turn and "[Round n]\n问：{query}\n答：".
+# "[Round i]\n问：{query}\n答：{response}\n" per past turn and "[Round n]\n问：{query}\n答：". The prompt always ends
+# ready for the reply, so add_generation_prompt changes nothing; a conversation ending with the assistant renders its
+# complete rounds. Tokenize the prompt with `tokenizer(prompt)`: apply_chat_template(tokenize=True) leaves out the
+# closing [gMASK] <sop> (it tokenizes without special tokens).
 CHAT_TEMPLATE = (
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{{ raise_exception('ChatGLM-6B has no system prompt; put the instructions in the first user message.') }}"
@@ -90,7 +96,7 @@ SPECIAL_TOKENS = {
 _SPECIAL_CONTENTS = frozenset(SPECIAL_TOKENS.values())
 
 # ModelProto.SentencePiece.Type
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED = 1, 2, 3, 4, 5
 
 
 def _read_model(path: Path) -> tuple[list[tuple[str, float, int]], dict[int, list[bytes | int]], bool]:
@@ -165,11 +171,12 @@ def chatglm_tokenizer_from_sentencepiece(
 ) -> PreTrainedTokenizerFast:
     """ChatGLM-6B's tokenizer from its SentencePiece model file (`ice_text.model`), with the original's ids.
 
-    `num_image_tokens` is the original `ChatGLMTokenizer` argument: 20000 is the code's default (and that of the
-    first releases, whose config says gmask_token_id 150001); pass the value of the release's tokenizer_config.json
-    when it sets one. The result is a plain `PreTrainedTokenizerFast` (left padding, `chat_template` set to the
-    original chat prompt), so `save_pretrained` / `AutoTokenizer.from_pretrained` need no remote code; it has
-    `bos_token` <sop>, `eos_token` <eop>, `mask_token` [MASK], `pad_token` and `unk_token` as the original.
+    `num_image_tokens` is the original `ChatGLMTokenizer` argument: 20000 is the code's default (and matches the
+    defaults of the original configuration_chatglm.py, gmask_token_id 150001); pass the value of the release's
+    tokenizer_config.json when it sets one. The result is a plain `PreTrainedTokenizerFast` (left padding,
+    `chat_template` set to the original chat prompt), so `save_pretrained` / `AutoTokenizer.from_pretrained` need
+    no remote code; it has `bos_token` <sop>, `eos_token` <eop>, `mask_token` [MASK], `pad_token` and `unk_token`
+    as the original.
     [gMASK] (`GMASK_TOKEN`, id `tokenizer.convert_tokens_to_ids(GMASK_TOKEN)`) is no special token, as in the
     original: transformers 5 would cut a named special token out of the text and drop it from
     `decode(..., skip_special_tokens=True)`, where the original encodes "[gMASK]" in a text as a plain piece and
