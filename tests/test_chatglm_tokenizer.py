@@ -125,6 +125,21 @@ def test_other_sentencepiece_whitespace_settings_equal_the_original(tmp_path: Pa
     assert _mismatches(chatglm_tokenizer_from_sentencepiece(model), variant["texts"]) == []
 
 
+def test_tied_segmentations_have_the_original_score_and_text(tokenizer: PreTrainedTokenizerFast) -> None:
+    """Documented boundary: SentencePiece sums float32 scores, so among equally scored segmentations (runs of a
+    repeated character) its pick depends on rounding; the fast tokenizer may pick another one of the same score."""
+    scores = [score for _, score in json.loads(tokenizer.backend_tokenizer.to_str())["model"]["vocab"]]
+    items = [item for item in FIXTURE["texts"] if item["kind"] == "tie"]
+    assert items
+    differing = 0
+    for item in items:
+        ids = tokenizer(item["text"])["input_ids"]
+        differing += ids != item["input_ids"]
+        assert sum(scores[i] for i in ids[:-2]) == pytest.approx(sum(scores[i] for i in item["input_ids"][:-2]))
+        assert tokenizer.decode(ids) == tokenizer.decode(item["input_ids"]) == item["decode"]
+    assert differing < len(items)  # most ties still break as in the original
+
+
 def test_hand_cases_cover_whitespace_newlines_and_special_strings() -> None:
     texts = [item["text"] for item in FIXTURE["texts"] if item["kind"] == "hand"]
     assert "" in texts and " " * 200 in texts and "a" + " " * 81 + "b" in texts
@@ -220,7 +235,7 @@ def test_save_and_auto_load_round_trip_without_remote_code(tokenizer: PreTrained
     assert loaded.padding_side == "left"
     assert loaded.chat_template == tokenizer.chat_template
     assert loaded.all_special_tokens == tokenizer.all_special_tokens
-    assert _mismatches(loaded, FIXTURE["texts"]) == []
+    assert _mismatches(loaded, [item for item in FIXTURE["texts"] if item["kind"] != "tie"]) == []
     case = FIXTURE["batches"][0]
     assert loaded(case["texts"], padding=True)["input_ids"] == case["input_ids"]
     chat = FIXTURE["chats"][-1]

@@ -25,6 +25,11 @@ batches also carry a 3-D boolean attention mask and 2-D position ids, where this
 `attention_mask` (the model derives positions and visibility from the ids); [gMASK] is no named special token
 (see `chatglm_tokenizer_from_sentencepiece`); `do_lower_case` and `remove_space` (both off in the release) are not
 supported; models with byte fallback are untested (their byte pieces keep the names "<0xNN>").
+
+Ties: where two segmentations score exactly the same (runs of one repeated character: "。。。。" as
+"。。。" + "。" or as "。" + "。。。"), SentencePiece's pick depends on the rounding of its float32
+sums, and the fast unigram model (float64) may pick the other one: same text and score, other ids
+(3 of 3000 perturbed corpus lines in a check against the original).
 """
 
 from __future__ import annotations
