@@ -107,7 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recompute-repeats", type=int, default=1, help="timed runs of the (slow) recompute mode")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument(
-        "--presets", nargs="+", choices=sorted([*PRESETS, *SWITCH_PRESETS]), help="throughput shapes (default: per device)"
+        "--presets",
+        nargs="+",
+        choices=sorted([*PRESETS, *SWITCH_PRESETS]),
+        help="throughput shapes (default: per device)",
     )
     parser.add_argument("--batch-sizes", nargs="+", type=int, help="throughput batch sizes")
     parser.add_argument("--prompts", nargs="+", type=int, help="throughput prompt lengths in tokens, [sop] included")

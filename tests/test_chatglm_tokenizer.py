@@ -196,13 +196,14 @@ def test_num_image_tokens_shifts_every_id(tokenizer: PreTrainedTokenizerFast) ->
 
 @pytest.mark.parametrize("index", range(len(FIXTURE["chats"])))
 def test_chat_template_gives_the_original_chat_prompt(tokenizer: PreTrainedTokenizerFast, index: int) -> None:
+    """The rendered text is the original's prompt with the [gMASK] <sop> its tokenizer appends; encoded as
+    transformers encodes chat templates (no special tokens added), the ids are the original's."""
     case = FIXTURE["chats"][index]
     messages = _messages(case["history"], case["query"])
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert prompt == case["prompt"]
-    assert tokenizer([prompt])["input_ids"][0] == case["input_ids"]
-    # apply_chat_template tokenizes without special tokens: the ids lack the closing [gMASK] <sop>.
-    assert tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"] == case["input_ids"][:-2]
+    assert prompt == case["prompt"] + "[gMASK]<sop>"
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"] == case["input_ids"]
+    assert tokenizer([case["prompt"]])["input_ids"][0] == case["input_ids"]
 
 
 def test_chat_template_refuses_a_system_message_and_unordered_roles(tokenizer: PreTrainedTokenizerFast) -> None:
@@ -219,8 +220,16 @@ def test_chat_template_refuses_a_system_message_and_unordered_roles(tokenizer: P
 def test_chat_template_renders_complete_rounds_of_a_conversation_ending_with_the_reply(
     tokenizer: PreTrainedTokenizerFast,
 ) -> None:
+    """As the original's P-Tuning recipe trains on a conversation: prompt, [gMASK] <sop>, the reply, <eop>."""
     messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]
-    assert tokenizer.apply_chat_template(messages, tokenize=False) == "[Round 0]\n问：你好\n答：你好！\n"
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == "你好[gMASK]<sop>你好！<eop>"
+    messages += [{"role": "user", "content": "再见"}, {"role": "assistant", "content": "再见！"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert rendered == "[Round 0]\n问：你好\n答：你好！\n[Round 1]\n问：再见\n答：[gMASK]<sop>再见！<eop>"
+    prompt_ids = tokenizer("[Round 0]\n问：你好\n答：你好！\n[Round 1]\n问：再见\n答：")["input_ids"]
+    reply_ids = tokenizer("再见！", add_special_tokens=False)["input_ids"]
+    expected = prompt_ids + reply_ids + [tokenizer.eos_token_id]
+    assert tokenizer.apply_chat_template(messages)["input_ids"] == expected
 
 
 @pytest.mark.parametrize("index", range(len(FIXTURE["responses"])))
@@ -239,7 +248,8 @@ def test_save_and_auto_load_round_trip_without_remote_code(tokenizer: PreTrained
     case = FIXTURE["batches"][0]
     assert loaded(case["texts"], padding=True)["input_ids"] == case["input_ids"]
     chat = FIXTURE["chats"][-1]
-    assert loaded.apply_chat_template(_messages(chat["history"], chat["query"]), tokenize=False) == chat["prompt"]
+    rendered = loaded.apply_chat_template(_messages(chat["history"], chat["query"]), tokenize=False)
+    assert rendered == chat["prompt"] + "[gMASK]<sop>"
 
 
 def test_missing_or_corrupt_model_file_is_a_clear_error(tmp_path: Path) -> None:

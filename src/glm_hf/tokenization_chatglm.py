@@ -64,10 +64,11 @@ SPACE = "\u2581"  # SentencePiece's whitespace symbol
 UNKNOWN_SURFACE = " \u2047 "  # what SentencePiece decodes an unknown id to
 
 # The chat() / stream_chat() prompt of the original modeling_chatglm.py: the lone query without history, else
-# "[Round i]\n问：{query}\n答：{response}\n" per past turn and "[Round n]\n问：{query}\n答：". The prompt always ends
-# ready for the reply, so add_generation_prompt changes nothing; a conversation ending with the assistant renders its
-# complete rounds. Tokenize the prompt with `tokenizer(prompt)`: apply_chat_template(tokenize=True) leaves out the
-# closing [gMASK] <sop> (it tokenizes without special tokens).
+# "[Round i]\n问：{query}\n答：{response}\n" per past turn and "[Round n]\n问：{query}\n答：", followed by the
+# "[gMASK]<sop>" the original tokenizer appends (transformers' convention: the rendered text holds the special tokens,
+# and apply_chat_template(tokenize=True) encodes it without adding more). The prompt always ends ready for the reply,
+# so add_generation_prompt changes nothing. A conversation ending with the assistant renders as the original's
+# P-Tuning recipe trains on it: prompt, [gMASK] <sop>, the reply, <eop>.
 CHAT_TEMPLATE = (
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{{ raise_exception('ChatGLM-6B has no system prompt; put the instructions in the first user message.') }}"
@@ -77,16 +78,22 @@ CHAT_TEMPLATE = (
     "{{ raise_exception('ChatGLM-6B conversations alternate user and assistant messages, starting with user.') }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if messages | length == 1 -%}"
+    "{%- set query_index = (messages | length - 1) // 2 * 2 -%}"
+    "{%- if query_index == 0 -%}"
     "{{ messages[0]['content'] }}"
     "{%- else -%}"
-    "{%- for message in messages -%}"
+    "{%- for message in messages[:query_index] -%}"
     "{%- if message['role'] == 'user' -%}"
     "{{ '[Round ' ~ (loop.index0 // 2) ~ ']\n问：' ~ message['content'] ~ '\n答：' }}"
     "{%- else -%}"
     "{{ message['content'] ~ '\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
+    "{{ '[Round ' ~ (query_index // 2) ~ ']\n问：' ~ messages[query_index]['content'] ~ '\n答：' }}"
+    "{%- endif -%}"
+    "{{ '[gMASK]<sop>' }}"
+    "{%- if messages | length > query_index + 1 -%}"
+    "{{ messages[query_index + 1]['content'] ~ '<eop>' }}"
     "{%- endif -%}"
 )
 

@@ -328,7 +328,7 @@ def convert_chatglm(
             written += write_prefix_adapter(staging / ADAPTER_FOLDER, table, config)
         tokenizer_written = (folder / SENTENCEPIECE_FILE).is_file()
         if tokenizer_written:
-            written += _write_tokenizer(staging, folder / SENTENCEPIECE_FILE, config)
+            written += _write_tokenizer(staging, folder, config)
         if remote_code:
             from ..hub import export_remote_code
 
@@ -408,10 +408,24 @@ def _model_card(report: ConversionReport, has_model: bool, has_adapter: bool) ->
     return "\n".join(lines) + "\n"
 
 
-def _write_tokenizer(folder: Path, sentencepiece_model: Path, config: GLMConfig) -> list[str]:
+def _write_tokenizer(folder: Path, source: Path, config: GLMConfig) -> list[str]:
+    """Write the fast tokenizer built from the source's `ice_text.model`, with the `num_image_tokens` of its
+    `tokenizer_config.json` (the release says 0; the original code's default is 20000); refuse one whose special
+    token ids disagree with config.json."""
     from ..tokenization_chatglm import chatglm_tokenizer_from_sentencepiece
 
-    tokenizer = chatglm_tokenizer_from_sentencepiece(sentencepiece_model)
+    settings_path = source / "tokenizer_config.json"
+    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+    num_image_tokens = settings.get("num_image_tokens", 20000)
+    tokenizer = chatglm_tokenizer_from_sentencepiece(source / SENTENCEPIECE_FILE, num_image_tokens=num_image_tokens)
+    expected = {"<sop>": config.bos_token_id, "<eop>": config.eos_token_id, "[gMASK]": config.gmask_token_id}
+    found = {token: tokenizer.convert_tokens_to_ids(token) for token in expected}
+    if found != expected:
+        raise CheckpointError(
+            f"{source / SENTENCEPIECE_FILE} with num_image_tokens={num_image_tokens} gives the ids {found}, but "
+            f"config.json says {expected}: the tokenizer files belong to another release (set num_image_tokens in "
+            "tokenizer_config.json to the release's value)."
+        )
     tokenizer.model_max_length = config.max_position_embeddings
     before = {path.name for path in folder.iterdir()}
     tokenizer.save_pretrained(folder)

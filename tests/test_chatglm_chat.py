@@ -1,0 +1,189 @@
+"""A ChatGLM-6B folder with its `ice_text.model` converts into a model + tokenizer that chats (issue 18): the chat
+template, streaming through transformers' streamers, `glm-hf chat`, and PEFT (LoRA, prefix tuning) training.
+
+The source is a tiny random ChatGLM in the original layout whose vocabulary is the tokenizer fixture's SentencePiece
+model (`fixtures/chatglm_tiny_ice_text.model`, 3,000 pieces; the release's `num_image_tokens: 0`)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+
+import glm_hf  # noqa: F401  (registers the Auto classes)
+from glm_hf.chat import chat_turns, read_turns
+from glm_hf.conversion import convert_checkpoint
+from glm_hf.conversion.checkpoint import CheckpointError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SENTENCEPIECE_MODEL = FIXTURES / "chatglm_tiny_ice_text.model"
+SPECIAL_IDS = {"mask_token_id": 3000, "gmask_token_id": 3001, "bos_token_id": 3004, "eos_token_id": 3005}
+CONFIG = {
+    "model_type": "chatglm",
+    "architectures": ["ChatGLMModel"],
+    "vocab_size": 3088,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_attention_heads": 4,
+    "inner_hidden_size": 64,
+    "layernorm_epsilon": 1e-5,
+    "max_sequence_length": 256,
+    "position_encoding_2d": True,
+    "pad_token_id": 3,
+    "use_cache": True,
+    **SPECIAL_IDS,
+}
+
+
+def random_original_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A ChatGLM state dict in the original names, fp16, per-head grouped `query_key_value` rows."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden, inner, vocab = config["hidden_size"], config["inner_hidden_size"], config["vocab_size"]
+
+    def normal(*shape: int, std: float = 0.2, mean: float = 0.0) -> torch.Tensor:
+        return (torch.randn(shape, generator=generator) * std + mean).half()
+
+    weights = {"transformer.word_embeddings.weight": normal(vocab, hidden, std=0.3)}
+    for layer in range(config["num_layers"]):
+        prefix = f"transformer.layers.{layer}."
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            weights[f"{prefix}{norm}.weight"] = normal(hidden, std=0.1, mean=1.0)
+            weights[f"{prefix}{norm}.bias"] = normal(hidden, std=0.05)
+        for name, rows, columns in (
+            ("attention.query_key_value", 3 * hidden, hidden),
+            ("attention.dense", hidden, hidden),
+            ("mlp.dense_h_to_4h", inner, hidden),
+            ("mlp.dense_4h_to_h", hidden, inner),
+        ):
+            weights[f"{prefix}{name}.weight"] = normal(rows, columns)
+            weights[f"{prefix}{name}.bias"] = normal(rows, std=0.05)
+    weights["transformer.final_layernorm.weight"] = normal(hidden, std=0.1, mean=1.0)
+    weights["transformer.final_layernorm.bias"] = normal(hidden, std=0.05)
+    weights["lm_head.weight"] = weights["transformer.word_embeddings.weight"].clone()
+    return weights
+
+
+def write_source(folder: Path, num_image_tokens: int = 0) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(CONFIG))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"num_image_tokens": num_image_tokens}))
+    shutil.copy(SENTENCEPIECE_MODEL, folder / "ice_text.model")
+    torch.save(random_original_weights(CONFIG), folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("chatglm_chat")
+    report = convert_checkpoint(write_source(root / "original"), root / "converted")
+    assert "tokenizer.json" in report.files
+    return root / "converted"
+
+
+def test_tokenizer_ids_disagreeing_with_the_config_are_refused(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "original", num_image_tokens=20000)
+    with pytest.raises(CheckpointError, match="num_image_tokens=20000"):
+        convert_checkpoint(source, tmp_path / "converted")
+    assert not (tmp_path / "converted").exists()
+
+
+def test_chat_template_prompt_generates_like_the_original_prompt(chat_folder: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    model = AutoModelForCausalLM.from_pretrained(chat_folder).eval()
+    messages = [
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "你好！"},
+        {"role": "user", "content": "what is a book?"},
+    ]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    original_prompt = "[Round 0]\n问：你好\n答：你好！\n[Round 1]\n问：what is a book?\n答："
+    assert inputs["input_ids"].tolist() == tokenizer([original_prompt], return_tensors="pt")["input_ids"].tolist()
+    assert inputs["input_ids"][0, -2:].tolist() == [SPECIAL_IDS["gmask_token_id"], SPECIAL_IDS["bos_token_id"]]
+    out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    model.generate(**inputs, max_new_tokens=6, do_sample=False, streamer=streamer)
+    streamed = "".join(streamer)
+    assert streamed == tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_chat_turns_keep_the_history_and_stream_each_answer(chat_folder: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    model = AutoModelForCausalLM.from_pretrained(chat_folder).eval()
+    output = io.StringIO()
+    history = chat_turns(
+        model, tokenizer, ["你好", "what is a book?"], output=output, max_new_tokens=5, do_sample=False
+    )
+    assert [query for query, _ in history] == ["你好", "what is a book?"]
+    # The second answer is the greedy reply to the original's two-round prompt.
+    prompt = f"[Round 0]\n问：你好\n答：{history[0][1]}\n[Round 1]\n问：what is a book?\n答："
+    inputs = tokenizer([prompt], return_tensors="pt")
+    reply = model.generate(**inputs, max_new_tokens=5, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert history[1][1] == glm_hf.tokenization_chatglm.chatglm_response(
+        tokenizer.decode(reply, skip_special_tokens=True)
+    )
+    assert output.getvalue().count("\n") == 2  # one streamed line per answer
+
+
+def test_read_turns_stops_at_an_empty_line() -> None:
+    assert list(read_turns(io.StringIO("a\n b \n\nc\n"), interactive=False)) == ["a", "b"]
+
+
+def test_glm_hf_chat_reads_turns_from_stdin(chat_folder: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "glm_hf.cli", "chat", str(chat_folder), "--greedy", "--max-new-tokens", "4"],
+        input="你好\n/clear\nhello\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "(history cleared)" in lines and len(lines) == 3
+
+
+def test_glm_hf_chat_refuses_a_folder_without_a_chat_template(tmp_path: Path) -> None:
+    from glm_hf.default_model import default_model_folder
+
+    result = subprocess.run(
+        [sys.executable, "-m", "glm_hf.cli", "chat", str(default_model_folder())],
+        input="hi\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "no chat template" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_peft_trains_chatglm(method: str, chat_folder: Path) -> None:
+    """LoRA and prefix tuning train on ChatGLM with the shifted loss: the loss falls on a repeated example."""
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    model = AutoModelForCausalLM.from_pretrained(chat_folder)
+    if method == "lora":
+        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=8)
+    else:
+        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
+    model = get_peft_model(model, config)
+    conversation = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "hello there"}]
+    input_ids = tokenizer.apply_chat_template(conversation, return_tensors="pt", return_dict=True)["input_ids"]
+    labels = input_ids.clone()
+    sop = (input_ids[0] == SPECIAL_IDS["bos_token_id"]).nonzero()[0, 0]
+    labels[:, : sop + 1] = -100  # the reply and <eop> are scored, as in the original's P-Tuning recipe
+    learning_rate = 5e-2 if method == "lora" else 0.5  # the prefix reaches the loss only through attention
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    losses = []
+    for _ in range(8):
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
