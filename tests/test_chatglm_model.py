@@ -315,3 +315,22 @@ def test_other_generations_are_refused_saying_where_they_are_served(
     with pytest.raises(CheckpointError, match=expected) as error:
         convert_checkpoint(source, tmp_path / "converted")
     assert "GLM-4 is native in transformers" in str(error.value)
+
+
+@pytest.mark.parametrize("config", [{"model_type": "glm4"}, {"model_type": "glm", "num_key_value_heads": 2}])
+def test_glm4_folder_is_refused_as_native_in_transformers(config: dict, tmp_path: Path) -> None:
+    source = tmp_path / "glm4"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(config))
+    (source / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="GLM-4 is native in transformers"):
+        convert_checkpoint(source, tmp_path / "converted")
+
+
+@pytest.mark.parametrize("name", ["generate_two_2d", "generate_one_1d"])
+def test_static_cache_generation_equals_the_original(name: str, converted) -> None:
+    """The static cache (the captured decode step's cache) gives the original's tokens too."""
+    model = load(converted(CASES[name]["model"]))
+    input_ids = torch.tensor(CASES[name]["inputs"]["input_ids"])
+    out = model.generate(input_ids, max_new_tokens=8, do_sample=False, cache_implementation="static")
+    assert out.tolist() == CASES[name]["inputs"]["sequences"]

@@ -25,7 +25,7 @@ from ..modeling.configuration_glm import GLMConfig
 from ..modeling.modeling_glm import GLMModel, glm_generation_config
 from ..progress import bytes_under, is_long_work
 from .atomic import atomic_output_folder, check_output_location, check_replaceable
-from .chatglm_config import read_chatglm_config
+from .chatglm_config import NOT_CONVERTED, read_chatglm_config
 from .checkpoint import CheckpointError, load_checkpoint_file, model_state_dict
 from .convert import ConversionReport, is_converted_folder, sha256_of
 from .safetensors_writer import PlannedTensor, write_safetensors_file, write_sharded_safetensors
@@ -71,6 +71,23 @@ def is_chatglm_folder(source: str | Path) -> bool:
         return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "chatglm"
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return False
+
+
+def refuse_later_generations(source: str | Path) -> None:
+    """Refuse a transformers-native GLM-4 folder (`model_type` "glm4*", or "glm" with GLM-4's grouped-query keys;
+    THUDM's GLM Hub files also say "glm" but have none), naming where it is served."""
+    config_path = Path(source) / "config.json"
+    if not config_path.is_file():
+        return
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if isinstance(model_type, str) and (
+        model_type.startswith("glm4") or (model_type == "glm" and "num_key_value_heads" in config)
+    ):
+        raise CheckpointError(f"{config_path}: model_type {model_type!r} is GLM-4. {NOT_CONVERTED}")
 
 
 def chatglm_to_glm_config(original: Mapping[str, Any]) -> GLMConfig:

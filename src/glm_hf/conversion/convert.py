@@ -374,8 +374,9 @@ def convert_checkpoint(
     the model and tokenizer code as Hub remote code (`auto_map`), so that `from_pretrained(output,
     trust_remote_code=True)` works without glm_hf (see `glm_hf.hub.export_remote_code`)."""
     output = Path(output)
-    from .chatglm import convert_chatglm, is_chatglm_folder  # imports this module: imported when used
+    from .chatglm import convert_chatglm, is_chatglm_folder, refuse_later_generations  # imports this module
 
+    refuse_later_generations(source)
     if is_chatglm_folder(source):
         return convert_chatglm(
             source,
