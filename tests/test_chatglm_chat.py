@@ -6,8 +6,10 @@ model (`fixtures/chatglm_tiny_ice_text.model`, 3,000 pieces; the release's `num_
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,12 +73,13 @@ def random_original_weights(config: dict, seed: int = 0) -> dict[str, torch.Tens
     return weights
 
 
-def write_source(folder: Path, num_image_tokens: int = 0) -> Path:
+def write_source(folder: Path, num_image_tokens: int = 0, **config_changes: int) -> Path:
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(CONFIG))
+    config = {**CONFIG, **config_changes}
+    (folder / "config.json").write_text(json.dumps(config))
     (folder / "tokenizer_config.json").write_text(json.dumps({"num_image_tokens": num_image_tokens}))
     shutil.copy(SENTENCEPIECE_MODEL, folder / "ice_text.model")
-    torch.save(random_original_weights(CONFIG), folder / "pytorch_model.bin")
+    torch.save(random_original_weights(config), folder / "pytorch_model.bin")
     return folder
 
 
@@ -187,3 +190,60 @@ def test_peft_trains_chatglm(method: str, chat_folder: Path) -> None:
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+    reason="8-bit/4-bit loading runs bitsandbytes' CUDA kernels: needs a CUDA GPU and bitsandbytes installed",
+)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_bitsandbytes_quantized_chatglm_generates(bits: int, tmp_path: Path) -> None:
+    """transformers' quantizers replace the original's quantization.py kernels."""
+    from transformers import BitsAndBytesConfig
+
+    source = write_source(tmp_path / "original", hidden_size=256, inner_hidden_size=1024)
+    convert_checkpoint(source, tmp_path / "converted")
+    quantization = (
+        BitsAndBytesConfig(load_in_8bit=True)
+        if bits == 8
+        else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16)
+    )
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "converted", quantization_config=quantization, device_map={"": 0}
+    )
+    layer = quantized.glm.layers[0].attention.query_key_value
+    assert type(layer).__module__.startswith("bitsandbytes"), type(layer)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "converted", dtype=torch.float32).cuda()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "converted")
+    inputs = tokenizer(["你好", "what is a book?"], padding=True, return_tensors="pt").to("cuda")
+    with torch.no_grad():
+        expected = reference(**inputs).logits.float()
+        logits = quantized(**inputs).logits.float()
+        similarity = torch.nn.functional.cosine_similarity(logits.flatten(), expected.flatten(), dim=0)
+        assert similarity > 0.98, similarity
+        generated = quantized.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert generated.shape == (2, inputs["input_ids"].shape[1] + 4)
+
+
+def test_remote_code_export_runs_chatglm_without_glm_hf(tmp_path: Path) -> None:
+    """`convert --remote-code`: the folder runs ChatGLM through the Hub remote-code path with glm_hf blocked."""
+    from test_hub import REMOTE_SCRIPT
+
+    convert_checkpoint(write_source(tmp_path / "original"), tmp_path / "converted", remote_code=True)
+    inputs = {"input_ids": [[8, 56, 29, SPECIAL_IDS["gmask_token_id"], SPECIAL_IDS["bos_token_id"]]]}
+    args = [sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path / "converted"), str(tmp_path / "out.json")]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    process = subprocess.run(
+        args + [json.dumps(inputs)], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    remote = json.loads((tmp_path / "out.json").read_text())
+    assert remote["glm_hf_loaded"] is False and remote["class"].startswith("transformers_modules.")
+    native = AutoModelForCausalLM.from_pretrained(tmp_path / "converted", dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = native(torch.tensor(inputs["input_ids"])).logits
+    # another process, another thread count: fp32 rounding (DeepNorm makes the activations large)
+    torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=0, atol=1e-5)

@@ -29,6 +29,7 @@ from .modeling import (
 )
 from .peft_integration import register_glm_with_peft
 from .pipeline import TextInfillingPipeline, register_pipeline
+from .tokenization_chatglm import chatglm_response, chatglm_tokenizer_from_sentencepiece
 from .tokenization_glm import TOKENIZER_FAMILIES, GLMTokenizerFast, build_tokenizer, register_auto_classes
 
 __version__ = "0.1.0"
@@ -51,6 +52,8 @@ __all__ = [
     "TOKENIZER_FAMILIES",
     "GLMTokenizerFast",
     "build_tokenizer",
+    "chatglm_response",
+    "chatglm_tokenizer_from_sentencepiece",
     "build_cloze_inputs",
     "pack_cloze_candidates",
     "score_candidates",
