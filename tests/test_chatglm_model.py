@@ -194,12 +194,16 @@ def test_greedy_generation_with_scores_equals_the_original(name: str, converted)
     torch.testing.assert_close(torch.stack(out.scores), case_tensor(name, "scores"), rtol=0, atol=ATOL)
 
 
-def test_padded_greedy_generation_equals_the_original_tokenizer_batch(converted) -> None:
+@pytest.mark.parametrize("given_positions", [False, True])
+def test_padded_greedy_generation_equals_the_original_tokenizer_batch(given_positions: bool, converted) -> None:
+    """From a 2-D padding mask alone, or with the original tokenizer's stacked positions as well."""
     name = "generate_pad_tokenizer_2d"
     model = load(converted("chatglm2d"))
+    positions = {"position_ids": case_tensor(name, "position_ids")} if given_positions else {}
     out = model.generate(
         case_tensor(name, "input_ids"),
         attention_mask=real_tokens(name),
+        **positions,
         max_new_tokens=8,
         do_sample=False,
         output_scores=True,

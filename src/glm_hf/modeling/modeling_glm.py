@@ -7,7 +7,7 @@ word embedding (tied head). Part A (the first `prefix_length` columns) is seen b
 every later column is causal. The loss is not shifted: Part B targets are already the next tokens.
 
 ChatGLM-6B (THUDM/chatglm-6b) is the same model with four config switches: rotary 2-D positions instead of the
-tables (`position_embedding_type="rotary"`), the DeepNorm residual `LN(x) * sqrt(2 * layers) + f(LN(x))`
+tables (`position_embedding_type="rotary"`), the DeepNorm residual `LN(x) * alpha + f(LN(x))`
 (`deepnorm_alpha`), positions and the bidirectional context read from the [gMASK]/[MASK] and [sop] ids
 (`positions_from_ids`), and a shifted loss (`shifted_loss`). Its per-head grouped `query_key_value` rows are
 reordered to Q;K;V at conversion.
@@ -339,6 +339,13 @@ def align_positions_to_input(
     )
 
 
+def real_token_index(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """`[B, length]`: each of the last `length` columns' index among the real tokens of those columns (left pads
+    0). Only the prompt's own columns count: a mask that also covers cached columns (a PEFT prefix) does not move
+    them."""
+    return (attention_mask[:, -length:].long().cumsum(-1) - 1).clamp(min=0)
+
+
 def chatglm_prompt_positions(
     input_ids: torch.Tensor, config: GLMConfig, attention_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -353,9 +360,9 @@ def chatglm_prompt_positions(
         input_ids, config.mask_token_id, config.gmask_token_id, config.bos_token_id, position_encoding_2d=two_d
     )
     if attention_mask is not None and attention_mask.dim() == 2:
-        # the prompt's own columns: a mask that also covers cached columns (a PEFT prefix) does not move them
-        counted = (attention_mask[:, -input_ids.shape[1] :].long().cumsum(-1) - 1).clamp(min=0)
-        columns = counted.gather(-1, positions[:, 0] if two_d else positions)
+        columns = real_token_index(attention_mask, input_ids.shape[1]).gather(
+            -1, positions[:, 0] if two_d else positions
+        )
         positions = torch.stack((columns, positions[:, 1]), dim=1) if two_d else columns
     context_lengths = chatglm_context_lengths(input_ids, config.bos_token_id)
     if two_d:
@@ -372,8 +379,7 @@ def chatglm_mask_positions(
         input_ids, config.mask_token_id, config.gmask_token_id, config.bos_token_id, position_encoding_2d=False
     )
     if attention_mask is not None and attention_mask.dim() == 2:
-        counted = (attention_mask[:, -input_ids.shape[1] :].long().cumsum(-1) - 1).clamp(min=0)
-        positions = counted.gather(-1, positions)
+        positions = real_token_index(attention_mask, input_ids.shape[1]).gather(-1, positions)
     return positions
 
 
@@ -972,6 +978,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             )
         if block_position_ids is None and self.config.block_position_encoding:
             block_position_ids = torch.zeros_like(position_ids)
+        if prefix_length is None and self.config.positions_from_ids and not cached and prompt is not None:
+            prefix_length = chatglm_context_lengths(prompt, self.config.bos_token_id)  # given positions, ChatGLM
         if position_ids.shape[-1] < length:
             position_ids, block_position_ids = positions_of_columns(
                 position_ids, block_position_ids, 0, length, self._held_positions(batch_size)
