@@ -27,7 +27,7 @@ from ..progress import bytes_under, is_long_work
 from .atomic import atomic_output_folder, check_output_location, check_replaceable
 from .chatglm_config import NOT_CONVERTED, read_chatglm_config
 from .checkpoint import CheckpointError, load_checkpoint_file, model_state_dict
-from .convert import ConversionReport, is_converted_folder, sha256_of
+from .convert import ConversionReport, is_converted_folder, sha256_of, some_of
 from .safetensors_writer import PlannedTensor, write_safetensors_file, write_sharded_safetensors
 
 WEIGHTS_FILE = "pytorch_model.bin"
@@ -58,6 +58,21 @@ TOP_LEVEL_KEYS = {
 }
 # Buffers the original recomputes and never loads (`RotaryEmbedding._load_from_state_dict` ignores them).
 IGNORED_SUFFIX = ".attention.rotary_emb.inv_freq"
+# ChatGLM-6B config key -> the GLMConfig keys that take its value (<sop> and <eop> are its bos and eos).
+CONFIG_KEYS = {
+    "vocab_size": ("vocab_size",),
+    "hidden_size": ("hidden_size",),
+    "num_layers": ("num_hidden_layers",),
+    "num_attention_heads": ("num_attention_heads",),
+    "inner_hidden_size": ("intermediate_size",),
+    "max_sequence_length": ("max_position_embeddings",),
+    "layernorm_epsilon": ("layer_norm_eps",),
+    "pad_token_id": ("pad_token_id",),
+    "bos_token_id": ("bos_token_id", "sop_token_id"),
+    "eos_token_id": ("eos_token_id", "eop_token_id"),
+    "mask_token_id": ("mask_token_id",),
+    "gmask_token_id": ("gmask_token_id",),
+}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -95,27 +110,12 @@ def chatglm_to_glm_config(original: Mapping[str, Any]) -> GLMConfig:
 
     The head is tied unless the config says `tie_word_embeddings: false`: the release has no such key, so
     transformers ties `lm_head` to the word embeddings when it loads the original."""
-    return GLMConfig.from_preset(
-        "chatglm-6b",
-        vocab_size=original["vocab_size"],
-        hidden_size=original["hidden_size"],
-        num_hidden_layers=original["num_layers"],
-        num_attention_heads=original["num_attention_heads"],
-        intermediate_size=original["inner_hidden_size"],
-        max_position_embeddings=original["max_sequence_length"],
-        layer_norm_eps=original["layernorm_epsilon"],
-        block_position_encoding=original.get("position_encoding_2d", True),
-        tie_word_embeddings=original.get("tie_word_embeddings", True),
-        use_cache=original.get("use_cache", True),
-        pad_token_id=original["pad_token_id"],
-        bos_token_id=original["bos_token_id"],
-        sop_token_id=original["bos_token_id"],
-        eos_token_id=original["eos_token_id"],
-        eop_token_id=original["eos_token_id"],
-        mask_token_id=original["mask_token_id"],
-        gmask_token_id=original["gmask_token_id"],
-        smask_token_id=original["gmask_token_id"] + 1,  # [sMASK] follows [gMASK] in ChatGLM's vocabulary
-    )
+    values = {ours: original[key] for key, names in CONFIG_KEYS.items() for ours in names}
+    values["smask_token_id"] = original["gmask_token_id"] + 1  # [sMASK] follows [gMASK] in ChatGLM's vocabulary
+    values["block_position_encoding"] = original.get("position_encoding_2d", True)
+    values["tie_word_embeddings"] = original.get("tie_word_embeddings", True)
+    values["use_cache"] = original.get("use_cache", True)
+    return GLMConfig.from_preset("chatglm-6b", **values)
 
 
 def original_to_hf_key(key: str) -> str | None:
@@ -179,10 +179,9 @@ def check_tensors(tensors: Mapping[str, tuple[torch.Tensor, Path]], config: GLMC
     found = {original_to_hf_key(key): key for key in tensors if original_to_hf_key(key) is not None}
     missing = [name for name in expected if name not in found and name != "lm_head.weight"]
     if missing:
-        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
         raise CheckpointError(
-            f"{folder}: the weights lack {shown} (glm-hf names), which a ChatGLM of {config.num_hidden_layers} "
-            "layers has: a partial download or a damaged checkpoint."
+            f"{folder}: the weights lack {some_of(missing)} (glm-hf names), which a ChatGLM of "
+            f"{config.num_hidden_layers} layers has: a partial download or a damaged checkpoint."
         )
     for name, key in found.items():
         tensor, file = tensors[key]

@@ -301,6 +301,11 @@ def check_source_tensors(loaded: _LoadedSource) -> None:
         )
 
 
+def some_of(names: list[str], most: int = 8) -> str:
+    """`names` for a message: the first `most`, then how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def check_against_config(loaded: _LoadedSource, shapes: Mapping[str, tuple[int, ...]], config: GLMConfig) -> None:
     """Every tensor a model of `config` needs is there with its shape (a gap in the layers, a damaged fused
     projection, a zero vocabulary would otherwise write a folder that cannot load)."""
@@ -310,10 +315,9 @@ def check_against_config(loaded: _LoadedSource, shapes: Mapping[str, tuple[int, 
     first = loaded.source.files[0]
     missing = [loaded.key_in_file(hf_to_original_key(f"glm.{name}")) for name in expected if name not in found]
     if missing:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise CheckpointError(
-            f"{first} lacks {shown}, which a GLM of {config.num_hidden_layers} layers has: a partial or damaged "
-            "checkpoint."
+            f"{first} lacks {some_of(missing)}, which a GLM of {config.num_hidden_layers} layers has: a partial or "
+            "damaged checkpoint."
         )
     for name, shape in expected.items():
         original, actual = found[name]
