@@ -7,8 +7,13 @@ layers as fit), then converts it twice, each in a fresh subprocess whose peak RS
 - glm-hf: `convert_checkpoint` (memory-mapped shards, one tensor at a time, streaming safetensors writer);
 - baseline: the obvious script, `torch.load` everything into RAM, rename, `safetensors.torch.save_file`.
 
+With `--chatglm`, the checkpoint is a ChatGLM-6B folder instead (config.json, `pytorch_model-0000N-of-00008.bin`
+shards and their index, fp16, ChatGLM-6B's width, vocabulary and per-head `query_key_value` rows, as many layers as
+fit), converted by glm-hf only (the baseline would need ChatGLM's names).
+
 Usage:
     PYTHONPATH=src python benchmarks/bench_convert.py --size-gb 0.5 2 [--mp 1] [--workdir /tmp/glm-bench] [--output]
+    PYTHONPATH=src python benchmarks/bench_convert.py --chatglm --size-gb 4 [--output]
 
 Prints each peak RSS (as the job itself reads it: VmHWM in /proc/self/status), its ratio to the checkpoint size,
 the same above the RSS of an interpreter that only imports torch, transformers and glm_hf, and baseline / glm-hf.
@@ -85,6 +90,65 @@ def write_checkpoint(folder: Path, size_gb: float, mp: int) -> int:
     return sum(file.stat().st_size for file in (folder / "1000").iterdir())
 
 
+CHATGLM_HIDDEN, CHATGLM_INNER, CHATGLM_VOCAB, CHATGLM_SHARDS = 4096, 16384, 130528, 8
+
+
+def write_chatglm_folder(folder: Path, size_gb: float) -> int:
+    """A ChatGLM-6B folder of about `size_gb` GB (fp16, 8 shards + index, release config keys); returns its bytes."""
+    hidden, inner = CHATGLM_HIDDEN, CHATGLM_INNER
+    per_layer = 2 * (4 * hidden * hidden + 2 * hidden * inner + 9 * hidden + inner)
+    fixed = 2 * 2 * CHATGLM_VOCAB * hidden  # word embeddings and lm_head
+    num_layers = max(1, round((size_gb * 1e9 - fixed) / per_layer))
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) * 0.02).to(torch.float16)
+
+    shapes = {"transformer.word_embeddings.weight": (CHATGLM_VOCAB, hidden)}
+    for layer in range(num_layers):
+        prefix = f"transformer.layers.{layer}."
+        for name, rows, columns in (
+            ("input_layernorm", hidden, 0),
+            ("attention.query_key_value", 3 * hidden, hidden),
+            ("attention.dense", hidden, hidden),
+            ("post_attention_layernorm", hidden, 0),
+            ("mlp.dense_h_to_4h", inner, hidden),
+            ("mlp.dense_4h_to_h", hidden, inner),
+        ):
+            shapes[f"{prefix}{name}.weight"] = (rows, columns) if columns else (rows,)
+            shapes[f"{prefix}{name}.bias"] = (rows,)
+    shapes |= {"transformer.final_layernorm.weight": (hidden,), "transformer.final_layernorm.bias": (hidden,)}
+    shapes["lm_head.weight"] = (CHATGLM_VOCAB, hidden)
+    folder.mkdir(parents=True)
+    config = {
+        "model_type": "chatglm",
+        "vocab_size": CHATGLM_VOCAB,
+        "hidden_size": hidden,
+        "num_layers": num_layers,
+        "num_attention_heads": 32,
+        "inner_hidden_size": inner,
+        "layernorm_epsilon": 1e-5,
+        "max_sequence_length": 2048,
+        "position_encoding_2d": True,
+        "bos_token_id": 130004,
+        "eos_token_id": 130005,
+        "mask_token_id": 130000,
+        "gmask_token_id": 130001,
+        "pad_token_id": 3,
+        "torch_dtype": "float16",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    names = list(shapes)
+    weight_map = {}
+    for index in range(CHATGLM_SHARDS):  # contiguous runs of keys per shard, as save_pretrained splits them
+        part = names[index * len(names) // CHATGLM_SHARDS : (index + 1) * len(names) // CHATGLM_SHARDS]
+        file = f"pytorch_model-{index + 1:05d}-of-{CHATGLM_SHARDS:05d}.bin"
+        torch.save({name: tensor(*shapes[name]) for name in part}, folder / file)
+        weight_map |= dict.fromkeys(part, file)
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return sum(file.stat().st_size for file in folder.glob("*.bin"))
+
+
 # VmHWM is this address space's own peak (getrusage's ru_maxrss is inherited from the parent across fork + exec).
 REPORT_PEAK = """
 import re
@@ -141,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mp", type=int, default=2, help="model-parallel shards of the synthetic checkpoint")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temporary folder)")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--chatglm", action="store_true", help="a ChatGLM-6B folder (glm-hf only)")
     parser.add_argument("--output", type=Path, nargs="?", const=RESULTS, help=f"update this section of {RESULTS.name}")
     args = parser.parse_args(argv)
 
@@ -148,12 +213,17 @@ def main(argv: list[str] | None = None) -> None:
     for line in header:
         print(line)
     rows = []
-    jobs = {"glm-hf": GLM_HF_JOB} if args.skip_baseline else {"glm-hf": GLM_HF_JOB, "baseline": BASELINE_JOB}
+    skip_baseline = args.skip_baseline or args.chatglm
+    jobs = {"glm-hf": GLM_HF_JOB} if skip_baseline else {"glm-hf": GLM_HF_JOB, "baseline": BASELINE_JOB}
     for size_gb in args.size_gb:
         workdir = Path(tempfile.mkdtemp(prefix="glm-bench-convert-", dir=args.workdir))
         try:
-            size = write_checkpoint(workdir / "original", size_gb, args.mp)
-            print(f"checkpoint: {size / 1e9:.2f} GB fp16 in {args.mp} shard(s) (glm-2b width)")
+            if args.chatglm:
+                size = write_chatglm_folder(workdir / "original", size_gb)
+                print(f"checkpoint: {size / 1e9:.2f} GB fp16 ChatGLM-6B folder in {CHATGLM_SHARDS} shards")
+            else:
+                size = write_checkpoint(workdir / "original", size_gb, args.mp)
+                print(f"checkpoint: {size / 1e9:.2f} GB fp16 in {args.mp} shard(s) (glm-2b width)")
             interpreter, _ = peak_rss_of(IMPORT_ONLY_JOB, workdir / "original", workdir / "unused")
             print(f"interpreter with torch + transformers + glm_hf imported: {interpreter / 1e9:.2f} GB")
             results = {}
@@ -166,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 shutil.rmtree(workdir / name)
                 label = "`glm-hf convert`" if name == "glm-hf" else "baseline: `torch.load` all, merge, `save_file`"
+                label += " (ChatGLM-6B folder)" if args.chatglm else ""
                 rows.append(
                     [
                         f"{size / 1e9:.2f}",
@@ -184,11 +255,17 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.output:
         command = "python benchmarks/bench_convert.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        checkpoints = (
+            f"Synthetic fp16 ChatGLM-6B folders (width {CHATGLM_HIDDEN}, vocabulary {CHATGLM_VOCAB}, "
+            f"{CHATGLM_SHARDS} shards and their index)"
+            if args.chatglm
+            else f"Synthetic fp16 checkpoints of glm-2b's width in the released layout, {args.mp} model-parallel "
+            "shard(s) with the numpy RNG state"
+        )
         body = (
             f"`{command.strip()}`\n\n"
             + "\n".join(f"- {line}" for line in header)
-            + f"\n\nSynthetic fp16 checkpoints of glm-2b's width in the released layout, {args.mp} model-parallel "
-            "shard(s) with the numpy RNG state, each converted in a fresh process; peak RSS is the process's VmHWM. "
+            + f"\n\n{checkpoints}, each converted in a fresh process; peak RSS is the process's VmHWM. "
             f"The last column subtracts the peak of an interpreter that only imports torch, transformers and glm_hf "
             f"({interpreter / 1e9:.2f} GB).\n\n"
             + markdown_table(
@@ -196,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows,
             )
         )
-        update_section(args.output, "Converter peak memory", body)
+        title = "Converter peak memory (ChatGLM-6B)" if args.chatglm else "Converter peak memory"
+        update_section(args.output, title, body)
         print(f"results written to {args.output}")
 
 
