@@ -13,7 +13,9 @@ Targets (`--targets`, default all), each timed alone so that one failure does no
 - `glm10b`: glm-10b, batch 1, captured;
 - `infill`: `fill_blanks` of 32 texts x 2 blanks x 8 tokens at batch 16 against one text at a time (glm-large
   shape with the embedded model's tokenizer);
-- `greedy-equal`: tokens of the captured step against the default path (fp32, glm-2b width at 4 layers).
+- `greedy-equal`: tokens of the captured step against the default path (fp32, glm-2b width at 4 layers);
+- `chatglm`, `chatglm-captured` (not in the default set, which keeps `run_gpu.sh` within a short lease): ChatGLM-6B,
+  batch 1, a `text [gMASK] <sop>` prompt whose positions the model reads from the ids, default path / captured.
 
 Prints one `TARGET` line per target; `--output` writes the "(cuda)" section of RESULTS.md. `GLM_HF_GPU_SMOKE=1`
 runs every target on tiny shapes on the CPU (to check the script itself before a lease).
@@ -43,6 +45,7 @@ SMOKE = os.environ.get("GLM_HF_GPU_SMOKE") == "1"
 TITLE = "GPU decoding (cuda)"
 TARGET_SECONDS = 150  # a target still running then is stopped and reported, so that the lease's run ends
 TARGETS = ("default", "captured", "batch16", "glm10b", "infill", "greedy-equal")
+EXTRA_TARGETS = ("chatglm", "chatglm-captured")
 
 
 def build(preset: str, device: str, dtype: torch.dtype, **overrides) -> glm_hf.GLMForConditionalGeneration:
@@ -79,6 +82,15 @@ def blank_prompt(model: glm_hf.GLMForConditionalGeneration, batch: int, length: 
         "block_position_ids": blocks.to(device),
         "prefix_length": length - 1,
     }
+
+
+def chatglm_prompt(model: glm_hf.GLMForConditionalGeneration, batch: int, length: int) -> dict:
+    """`text [gMASK] <sop>` of `length` tokens: ChatGLM reads positions and context from these ids."""
+    config = model.config
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, min(config.vocab_size - 1000, 30000), (batch, length), generator=generator)
+    ids[:, -2], ids[:, -1] = config.gmask_token_id, config.sop_token_id
+    return {"input_ids": ids.to(model.device)}
 
 
 def generate_seconds(model, inputs: dict, new_tokens: int, **options) -> float:
@@ -139,7 +151,7 @@ class Run:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS + EXTRA_TARGETS)
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--output", type=Path, nargs="?", const=Path(__file__).parent / "RESULTS.md")
@@ -229,8 +241,20 @@ def main() -> None:
         run.rows.append(f"| greedy tokens, captured vs default, fp32 | 1 | | | {'equal' if same else 'DIFFER'} |")
         return f"greedy fp32 captured == default: {same}"
 
+    def chatglm_target(captured_step: bool) -> str:
+        """ChatGLM-6B batch 1: the default path, or the captured step (`cache_implementation="static"`)."""
+        model = build("chatglm-6b", device, dtype)
+        options = {"cache_implementation": "static"} if captured_step else {}
+        rate, first = decode_rate(model, chatglm_prompt(model, 1, prompt), new_tokens, **options)
+        fraction = run.fraction(model, rate)
+        path = "`cache_implementation=\"static\"` (captured)" if captured_step else "default `generate()`"
+        run.rows.append(f"| chatglm-6b, {path} | 1 | {rate:.1f} | {fraction:.2f} | first call {first:.1f} s |")
+        label = "captured" if captured_step else "default"
+        return f"chatglm-6b {label} {rate:.1f} tok/s = {fraction:.2f} of the bound"
+
     bodies = {"default": default, "captured": captured, "batch16": batch16, "glm10b": glm10b, "infill": infill,
-              "greedy-equal": greedy_equal}  # fmt: skip
+              "greedy-equal": greedy_equal, "chatglm": lambda: chatglm_target(False),
+              "chatglm-captured": lambda: chatglm_target(True)}  # fmt: skip
     for name in args.targets:
         run.target(name, bodies[name])
 
