@@ -338,3 +338,23 @@ def test_static_cache_generation_equals_the_original(name: str, converted) -> No
     input_ids = torch.tensor(CASES[name]["inputs"]["input_ids"])
     out = model.generate(input_ids, max_new_tokens=8, do_sample=False, cache_implementation="static")
     assert out.tolist() == CASES[name]["inputs"]["sequences"]
+
+
+def test_prefix_only_source_converts_to_an_adapter_for_the_converted_base(tmp_path: Path, converted) -> None:
+    """The original P-Tuning v2 scripts save only the prefix encoder: it becomes `OUTPUT/adapter` alone, which runs
+    on the base model converted from the full release."""
+    variant = "ptuning_projection"
+    weights = {key: value for key, value in original_weights(variant).items() if "prefix_encoder" in key}
+    source = tmp_path / "ptuning"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(FIXTURE["models"][variant]["config"]))
+    torch.save(weights, source / "pytorch_model.bin")
+    report = convert_checkpoint(source, tmp_path / "converted")
+    assert "adapter/adapter_model.safetensors" in report.files
+    assert not any(name.endswith(".safetensors") and "/" not in name for name in report.files)
+    base = load(converted(variant))  # the same base weights, converted from the full checkpoint
+    model = PeftModel.from_pretrained(base, tmp_path / "converted" / "adapter").eval()
+    name = f"forward_gmask_{variant}"
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(CASES[name]["inputs"]["input_ids"])).logits
+    torch.testing.assert_close(logits, case_tensor(name, "logits"), rtol=0, atol=ATOL)
