@@ -247,7 +247,7 @@ def main() -> None:
         options = {"cache_implementation": "static"} if captured_step else {}
         rate, first = decode_rate(model, chatglm_prompt(model, 1, prompt), new_tokens, **options)
         fraction = run.fraction(model, rate)
-        path = "`cache_implementation=\"static\"` (captured)" if captured_step else "default `generate()`"
+        path = '`cache_implementation="static"` (captured)' if captured_step else "default `generate()`"
         run.rows.append(f"| chatglm-6b, {path} | 1 | {rate:.1f} | {fraction:.2f} | first call {first:.1f} s |")
         label = "captured" if captured_step else "default"
         return f"chatglm-6b {label} {rate:.1f} tok/s = {fraction:.2f} of the bound"

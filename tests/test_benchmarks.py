@@ -90,3 +90,15 @@ def test_infill_benchmark_quick_run_prints_its_ratio_and_writes_its_section(tmp_
     assert "one by one:" in output and "batched (4, by length):" in output and "speedup:" in output
     assert "batched (4, input order):" in output
     assert "## Infilling: one text at a time vs batched fill_blanks (cpu)" in results.read_text()
+
+
+def test_a_decode_step_dispatches_at_most_39_aten_ops_per_layer(benchmarks: None) -> None:
+    """The host-overhead benchmark's operator count, which is exact on every machine: more work per layer of a decode
+    step fails here, not only in a noisy timing. 40 per layer at d81a4e1; 39 since attention calls SDPA directly
+    (a steady step, without the cache growth that the first step after a prompt pays, dispatches 33)."""
+    import bench_host_overhead
+
+    two, four = (bench_host_overhead.ops_of_one_step(layers, width=64) for layers in (2, 4))
+    per_layer = (four - two) / 2
+    assert per_layer <= 39
+    assert two - 2 * per_layer <= 13  # embeddings, positions, final LayerNorm and the LM head of the last column

@@ -101,6 +101,30 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+def sdpa_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """`scaled_dot_product_attention` with GLM's boolean mask; the output [B, T, heads, head_dim] is a view.
+
+    The same kernel call as transformers' `sdpa_attention_forward`, without its checks for what GLM never has (grouped
+    heads, a causal flag, position biases): those cost host time in every layer of every decode step."""
+    attn_output = nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
+    )
+    return attn_output.transpose(1, 2), None
+
+
+# GLM's own attention functions; any other implementation is looked up in transformers' registry.
+GLM_ATTENTION_FUNCTIONS: dict[str, Callable] = {"eager": eager_attention_forward, "sdpa": sdpa_attention_forward}
+
+
 def build_glm_attention_mask(
     query_positions: torch.Tensor,
     key_length: int,
@@ -168,10 +192,12 @@ class GLMDynamicLayer(DynamicLayer):
         super().__init__(**kwargs)
         self.key_buffer: torch.Tensor | None = None
         self.value_buffer: torch.Tensor | None = None
+        self._written: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # the views last handed out
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         self.key_buffer = self.value_buffer = None
+        self._written = (None, None)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -191,6 +217,7 @@ class GLMDynamicLayer(DynamicLayer):
         self.value_buffer[..., length:total, :].copy_(value_states)
         self.keys = self.key_buffer[..., :total, :]
         self.values = self.value_buffer[..., :total, :]
+        self._written = (self.keys, self.values)
         return self.keys, self.values
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -204,9 +231,13 @@ class GLMDynamicLayer(DynamicLayer):
         self.value_buffer = self.value_buffer.index_select(0, beam_idx.to(self.value_buffer.device))
         self.keys = self.key_buffer[..., :length, :]
         self.values = self.value_buffer[..., :length, :]
+        self._written = (self.keys, self.values)
 
     def _buffers_back_cache(self) -> bool:
         """Whether `keys` and `values` are still views of the buffers (nothing has replaced them since)."""
+        written_keys, written_values = self._written
+        if written_keys is not None and self.keys is written_keys and self.values is written_values:
+            return True  # still the views the last update or reorder made: no layout to read
         pairs = ((self.key_buffer, self.keys), (self.value_buffer, self.values))
         return all(
             buffer is not None
@@ -217,15 +248,16 @@ class GLMDynamicLayer(DynamicLayer):
         )
 
     def _buffers_hold(self, key_states: torch.Tensor, value_states: torch.Tensor, total: int) -> bool:
-        """Whether the buffers back the cache and have room for `total` columns like the new states."""
-        pairs = ((self.key_buffer, key_states), (self.value_buffer, value_states))
-        return self._buffers_back_cache() and all(
-            total <= buffer.shape[-2]
-            and buffer.shape[:-2] == new.shape[:-2]
-            and buffer.shape[-1] == new.shape[-1]
-            and buffer.dtype == new.dtype
-            and buffer.device == new.device
-            for buffer, new in pairs
+        """Whether the buffers back the cache and have room for `total` columns like the new states (plain
+        comparisons: this runs in every layer of every decode step)."""
+        if not self._buffers_back_cache():
+            return False
+        key_buffer, value_buffer = self.key_buffer, self.value_buffer
+        return (
+            total <= key_buffer.shape[-2]
+            and total <= value_buffer.shape[-2]
+            and _same_layout(key_buffer, key_states)
+            and _same_layout(value_buffer, value_states)
         )
 
     @staticmethod
@@ -235,6 +267,17 @@ class GLMDynamicLayer(DynamicLayer):
         if length:
             buffer[..., :length, :].copy_(current)
         return buffer
+
+
+def _same_layout(buffer: torch.Tensor, states: torch.Tensor) -> bool:
+    """Whether `states` fit `buffer` apart from the column count: batch, heads, head size, dtype and device."""
+    buffer_shape, states_shape = buffer.shape, states.shape
+    return (
+        buffer_shape[:-2] == states_shape[:-2]
+        and buffer_shape[-1] == states_shape[-1]
+        and buffer.dtype == states.dtype
+        and buffer.device == states.device
+    )
 
 
 class GLMDynamicCache(DynamicCache):
@@ -439,12 +482,13 @@ class GLMAttention(nn.Module):
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+        attn_implementation = self.config._attn_implementation
+        attention_interface: Callable = GLM_ATTENTION_FUNCTIONS.get(attn_implementation) or (
+            ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
         )
         # In training, activation checkpointing recomputes this call in the backward pass, outside the model's
         # `attention_backends`: choose them here too, so that the recomputation takes the forward's backend.
-        backends = attention_backends(self.config._attn_implementation) if self.training else nullcontext()
+        backends = attention_backends(attn_implementation) if self.training else nullcontext()
         with backends:
             attn_output, attn_weights = attention_interface(
                 self,
@@ -456,7 +500,7 @@ class GLMAttention(nn.Module):
                 scaling=self.scaling,
                 **kwargs,
             )
-        attn_output = attn_output.reshape(batch_size, query_length, -1).contiguous()
+        attn_output = attn_output.reshape(batch_size, query_length, -1)
         return self.dense(attn_output), attn_weights
 
 
@@ -499,11 +543,15 @@ class GLMBlock(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         normed = self.input_layernorm(hidden_states)
         attn_output, attn_weights = self.attention(normed, attention_mask, past_key_values=past_key_values, **kwargs)
-        hidden_states = self._residual(hidden_states, normed) + self.dropout(attn_output)
+        hidden_states = self._residual(hidden_states, normed) + self.dropout_in_training(attn_output)
 
         normed = self.post_attention_layernorm(hidden_states)
-        hidden_states = self._residual(hidden_states, normed) + self.dropout(self.mlp(normed))
+        hidden_states = self._residual(hidden_states, normed) + self.dropout_in_training(self.mlp(normed))
         return hidden_states, attn_weights
+
+    def dropout_in_training(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`self.dropout` in training; in eval, where it is the identity, no module call (twice per layer and step)."""
+        return self.dropout(hidden_states) if self.training else hidden_states
 
 
 class GLMPreTrainedModel(PreTrainedModel):
@@ -1173,7 +1221,7 @@ def columns_both_cover(
     """Both id tensors cut to the columns both of them cover. transformers extends `position_ids` by +1 per new
     column (assisted decoding, an assistant's kwargs) but not `block_position_ids`; the extra positions are wrong for
     GLM's Part B, so they are dropped and `positions_of_columns` extends both by GLM's rule."""
-    if position_ids is None or block_position_ids is None:
+    if position_ids is None or block_position_ids is None or position_ids.shape[-1] == block_position_ids.shape[-1]:
         return position_ids, block_position_ids
     given = min(position_ids.shape[-1], block_position_ids.shape[-1])
     return position_ids[:, :given], block_position_ids[:, :given]
