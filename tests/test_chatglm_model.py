@@ -358,3 +358,10 @@ def test_prefix_only_source_converts_to_an_adapter_for_the_converted_base(tmp_pa
     with torch.no_grad():
         logits = model(input_ids=torch.tensor(CASES[name]["inputs"]["input_ids"])).logits
     torch.testing.assert_close(logits, case_tensor(name, "logits"), rtol=0, atol=ATOL)
+
+
+def test_glm_only_options_are_refused_for_a_chatglm_folder(tmp_path: Path) -> None:
+    source = write_original_folder(tmp_path / "original", "chatglm2d")
+    with pytest.raises(CheckpointError, match="drop --num-attention-heads"):
+        convert_checkpoint(source, tmp_path / "converted", num_attention_heads=4)
+    assert not (tmp_path / "converted").exists()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..modeling.configuration_glm import GLMConfig
 from ..modeling.modeling_glm import GLMModel, glm_generation_config
@@ -35,7 +36,7 @@ WEIGHTS_INDEX_FILE = "pytorch_model.bin.index.json"
 SENTENCEPIECE_FILE = "ice_text.model"
 ADAPTER_FOLDER = "adapter"
 PREFIX_ENCODER = "transformer.prefix_encoder."
-# Original name -> glm-hf name; `{layer}` and `{rest}` are copied across.
+# Parameters of every original block: `transformer.layers.N.<name>` -> `glm.layers.N.<name>`.
 LAYER_PARAMETERS = (
     "input_layernorm.weight",
     "input_layernorm.bias",
@@ -328,7 +329,10 @@ def convert_chatglm(
     if show_progress is None:
         show_progress = is_long_work(bytes_under(files))
     planned = plan_model(tensors, config, torch_dtype) if has_model else []
-    hashes = {file.name: sha256_of(file) for file in files}
+    with tqdm(
+        total=bytes_under(files), desc="Hashing source", unit="B", unit_scale=True, disable=not show_progress
+    ) as bar:
+        hashes = {file.name: sha256_of(file, bar) for file in files}
     written: list[str] = []
     with atomic_output_folder(
         output, overwrite, sources=[folder, *files], replaceable=is_converted_folder, force=force

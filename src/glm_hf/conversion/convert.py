@@ -382,6 +382,11 @@ def convert_checkpoint(
 
     refuse_later_generations(source)
     if is_chatglm_folder(source):
+        if num_attention_heads is not None or tokenizer_family is not None or vocab_dir is not None:
+            raise CheckpointError(
+                f"{source} is a ChatGLM-6B folder: its config.json gives the head count and its ice_text.model the "
+                "tokenizer; drop --num-attention-heads, --tokenizer and --vocab-dir."
+            )
         return convert_chatglm(
             source,
             output,
