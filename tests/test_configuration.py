@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -63,3 +65,26 @@ def test_round_trip_through_json(tmp_path):
     config.save_pretrained(tmp_path)
     reloaded = glm_hf.GLMConfig.from_pretrained(tmp_path)
     assert reloaded.to_dict() == config.to_dict()
+
+
+def test_chatglm_6b_preset_has_the_released_parameter_count():
+    """6.17B parameters (THUDM/chatglm-6b), the head tied to the word embeddings as the original loads it."""
+    config = glm_hf.GLMConfig.from_preset("chatglm-6b")
+    with torch.device("meta"):
+        model = glm_hf.GLMForConditionalGeneration(config)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 6.17
+    assert config.position_embedding_type == "rotary" and config.positions_from_ids and config.shifted_loss
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"position_embedding_type": "alibi"}, "position_embedding_type='alibi'"),
+        ({"position_embedding_type": "rotary", "hidden_size": 36, "num_attention_heads": 6}, "multiple of 4"),
+        ({"deepnorm_alpha": 0.0}, "deepnorm_alpha=0.0"),
+        ({"positions_from_ids": True, "gmask_token_id": None}, "gmask_token_id"),
+    ],
+)
+def test_chatglm_switches_refuse_values_no_model_runs_with(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        glm_hf.GLMConfig(**values)
