@@ -247,3 +247,16 @@ def test_remote_code_export_runs_chatglm_without_glm_hf(tmp_path: Path) -> None:
         expected = native(torch.tensor(inputs["input_ids"])).logits
     # another process, another thread count: fp32 rounding (DeepNorm makes the activations large)
     torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=0, atol=1e-5)
+
+
+def test_left_padded_batch_from_the_tokenizer_generates_each_row_as_alone(chat_folder: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(chat_folder)
+    model = AutoModelForCausalLM.from_pretrained(chat_folder).eval()
+    texts = ["你好", "what is a book? tell me about it"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert batch["attention_mask"][0, 0] == 0  # left padding
+    together = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    for row, text in enumerate(texts):
+        alone = tokenizer([text], return_tensors="pt")
+        expected = model.generate(**alone, max_new_tokens=5, do_sample=False)[0, alone["input_ids"].shape[1] :]
+        assert together[row].tolist() == expected.tolist()
