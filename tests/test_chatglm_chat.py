@@ -260,3 +260,28 @@ def test_left_padded_batch_from_the_tokenizer_generates_each_row_as_alone(chat_f
         alone = tokenizer([text], return_tensors="pt")
         expected = model.generate(**alone, max_new_tokens=5, do_sample=False)[0, alone["input_ids"].shape[1] :]
         assert together[row].tolist() == expected.tolist()
+
+
+def test_chat_with_a_converted_p_tuning_v2_adapter(tmp_path: Path) -> None:
+    """`glm-hf chat MODEL --adapter MODEL/adapter`: the P-Tuning v2 prefix steers the answers."""
+    from glm_hf.chat import load_chat_model
+
+    source = write_source(tmp_path / "original", pre_seq_len=4, prefix_projection=False)
+    weights = torch.load(source / "pytorch_model.bin")
+    width = CONFIG["num_layers"] * 2 * CONFIG["hidden_size"]
+    weights["transformer.prefix_encoder.embedding.weight"] = torch.randn(
+        4, width, generator=torch.Generator().manual_seed(3)
+    )
+    torch.save(weights, source / "pytorch_model.bin")
+    convert_checkpoint(source, tmp_path / "converted")
+    base, tokenizer = load_chat_model(tmp_path / "converted")
+    tuned, _ = load_chat_model(tmp_path / "converted", adapter=tmp_path / "converted" / "adapter")
+    steered = chat_turns(tuned, tokenizer, ["你好", "hello"], max_new_tokens=6, do_sample=False, output=io.StringIO())
+    assert [query for query, _ in steered] == ["你好", "hello"]
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "你好"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        plain_logits = base(**inputs).logits[:, -1]
+        steered_logits = tuned(**inputs).logits[:, -1]
+    assert not torch.allclose(plain_logits, steered_logits, atol=1e-3)
