@@ -92,13 +92,25 @@ def test_infill_benchmark_quick_run_prints_its_ratio_and_writes_its_section(tmp_
     assert "## Infilling: one text at a time vs batched fill_blanks (cpu)" in results.read_text()
 
 
-def test_a_decode_step_dispatches_at_most_39_aten_ops_per_layer(benchmarks: None) -> None:
-    """The host-overhead benchmark's operator count, which is exact on every machine: more work per layer of a decode
-    step fails here, not only in a noisy timing. 40 per layer at d81a4e1; 39 since attention calls SDPA directly
-    (a steady step, without the cache growth that the first step after a prompt pays, dispatches 33)."""
+# ATen ops of the benchmark's decode step (per layer, outside the layers) by torch release, as measured at the two ends
+# of the supported range (the decompositions differ: torch 2.6 slices and views more): at most these.
+OPS_PER_LAYER = {(2, 13): (39, 13), (2, 6): (45, 15)}
+TORCH_RELEASE = tuple(int(part) for part in torch.__version__.split(".")[:2])
+
+
+@pytest.mark.skipif(
+    TORCH_RELEASE not in OPS_PER_LAYER,
+    reason=f"the op count is pinned for torch {sorted(OPS_PER_LAYER)} (CI's two ends), not {torch.__version__}",
+)
+def test_a_decode_step_dispatches_no_more_aten_ops_than_pinned(benchmarks: None) -> None:
+    """The host-overhead benchmark's operator count, which is exact on every machine with the same torch: more work
+    per layer of a decode step fails here, not only in a noisy timing. 40 per layer at d81a4e1 (torch 2.13); 39 since
+    attention calls SDPA directly (a steady step, without the cache growth that the first step after a prompt pays,
+    dispatches 33)."""
     import bench_host_overhead
 
     two, four = (bench_host_overhead.ops_of_one_step(layers, width=64) for layers in (2, 4))
     per_layer = (four - two) / 2
-    assert per_layer <= 39
-    assert two - 2 * per_layer <= 13  # embeddings, positions, final LayerNorm and the LM head of the last column
+    most_per_layer, outside = OPS_PER_LAYER[TORCH_RELEASE]
+    assert per_layer <= most_per_layer
+    assert two - 2 * per_layer <= outside  # embeddings, positions, final LayerNorm, the LM head's last column
