@@ -376,10 +376,13 @@ def convert_checkpoint(
     `overwrite` replaces an earlier converted folder (`is_converted_folder`), `force` whatever is at `output`; an
     output that is, holds or lies inside the source is refused either way. With `remote_code`, the folder also gets
     the model and tokenizer code as Hub remote code (`auto_map`), so that `from_pretrained(output,
-    trust_remote_code=True)` works without glm_hf (see `glm_hf.hub.export_remote_code`)."""
-    output = Path(output)
-    from .chatglm import convert_chatglm, is_chatglm_folder, refuse_later_generations  # imports this module
+    trust_remote_code=True)` works without glm_hf (see `glm_hf.hub.export_remote_code`).
 
+    A ChatGLM-6B folder (`config.json` with `model_type "chatglm"`) goes to `conversion.chatglm.convert_chatglm`; a
+    GLM-4 or ChatGLM2/3 folder is refused, naming where those are served."""
+    from .chatglm import convert_chatglm, is_chatglm_folder, refuse_later_generations  # it imports this module
+
+    output = Path(output)
     refuse_later_generations(source)
     if is_chatglm_folder(source):
         if num_attention_heads is not None or tokenizer_family is not None or vocab_dir is not None:
