@@ -385,7 +385,7 @@ def verify_chatglm(folder: Path, planned: list[PlannedTensor]) -> str:
         if not torch.equal(state[tensor.name], values):
             raise CheckpointError(f"Verification failed: {tensor.name} differs from its source after conversion.")
     config = model.config
-    input_ids = torch.tensor([[5, 6, 7, config.gmask_token_id, config.bos_token_id]]).remainder(config.vocab_size)
+    input_ids = torch.tensor([[5, 6, 7, config.gmask_token_id, config.sop_token_id]]).remainder(config.vocab_size)
     with torch.no_grad():
         logits = model(input_ids).logits
     if not torch.isfinite(logits).all():
@@ -438,7 +438,7 @@ def _write_tokenizer(folder: Path, source: Path, config: GLMConfig) -> list[str]
     settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
     num_image_tokens = settings.get("num_image_tokens", 20000)
     tokenizer = chatglm_tokenizer_from_sentencepiece(source / SENTENCEPIECE_FILE, num_image_tokens=num_image_tokens)
-    expected = {"<sop>": config.bos_token_id, "<eop>": config.eos_token_id, "[gMASK]": config.gmask_token_id}
+    expected = {"<sop>": config.sop_token_id, "<eop>": config.eop_token_id, "[gMASK]": config.gmask_token_id}
     found = {token: tokenizer.convert_tokens_to_ids(token) for token in expected}
     if found != expected:
         raise CheckpointError(

@@ -270,7 +270,7 @@ class GLMConfig(PreTrainedConfig):
         ):
             raise ValueError(f"GLMConfig deepnorm_alpha={self.deepnorm_alpha!r}: it must be a positive number.")
         if self.positions_from_ids:
-            needed = ("mask_token_id", "gmask_token_id", "bos_token_id")
+            needed = ("mask_token_id", "gmask_token_id", "sop_token_id")
             missing = [key for key in needed if getattr(self, key) is None]
             if missing:
                 raise ValueError(f"GLMConfig positions_from_ids=True reads [MASK], [gMASK] and [sop]: set {missing}.")

@@ -400,14 +400,14 @@ def chatglm_prompt_positions(
     """
     two_d = config.block_position_encoding
     positions = chatglm_position_ids(
-        input_ids, config.mask_token_id, config.gmask_token_id, config.bos_token_id, position_encoding_2d=two_d
+        input_ids, config.mask_token_id, config.gmask_token_id, config.sop_token_id, position_encoding_2d=two_d
     )
     if attention_mask is not None and attention_mask.dim() == 2:
         columns = real_token_index(attention_mask, input_ids.shape[1]).gather(
             -1, positions[:, 0] if two_d else positions
         )
         positions = torch.stack((columns, positions[:, 1]), dim=1) if two_d else columns
-    context_lengths = chatglm_context_lengths(input_ids, config.bos_token_id)
+    context_lengths = chatglm_context_lengths(input_ids, config.sop_token_id)
     if two_d:
         return positions[:, 0], positions[:, 1], context_lengths
     return positions, None, context_lengths
@@ -419,7 +419,7 @@ def chatglm_mask_positions(
     """`[B, 1]` index of each row's [gMASK] (else [MASK]), counting only real tokens under a 2-D padding mask: the
     position a 1-D ChatGLM gives every generated token (`chatglm_step_position_ids`)."""
     positions = chatglm_step_position_ids(
-        input_ids, config.mask_token_id, config.gmask_token_id, config.bos_token_id, position_encoding_2d=False
+        input_ids, config.mask_token_id, config.gmask_token_id, config.sop_token_id, position_encoding_2d=False
     )
     if attention_mask is not None and attention_mask.dim() == 2:
         positions = real_token_index(attention_mask, input_ids.shape[1]).gather(-1, positions)
@@ -1027,7 +1027,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if block_position_ids is None and self.config.block_position_encoding:
             block_position_ids = torch.zeros_like(position_ids)
         if prefix_length is None and self.config.positions_from_ids and not cached and prompt is not None:
-            prefix_length = chatglm_context_lengths(prompt, self.config.bos_token_id)  # given positions, ChatGLM
+            prefix_length = chatglm_context_lengths(prompt, self.config.sop_token_id)  # given positions, ChatGLM
         if position_ids.shape[-1] < length:
             position_ids, block_position_ids = positions_of_columns(
                 position_ids, block_position_ids, 0, length, self._held_positions(batch_size)
