@@ -365,3 +365,11 @@ def test_glm_only_options_are_refused_for_a_chatglm_folder(tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match="drop --num-attention-heads"):
         convert_checkpoint(source, tmp_path / "converted", num_attention_heads=4)
     assert not (tmp_path / "converted").exists()
+
+
+def test_export_original_refuses_a_chatglm_folder(tmp_path: Path, converted) -> None:
+    from glm_hf.conversion.export import export_original
+
+    with pytest.raises(CheckpointError, match="ChatGLM-6B model"):
+        export_original(converted("chatglm2d"), tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()

@@ -33,6 +33,12 @@ def read_converted_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config = json.loads(config_file.read_text())
     if config.get("model_type") != "glm_blocklm":
         raise CheckpointError(f"{folder} holds model_type {config.get('model_type')!r}, not 'glm_blocklm'.")
+    if config.get("position_embedding_type", "learned") != "learned":
+        raise CheckpointError(
+            f"{folder} is a ChatGLM-6B model (rotary positions): export-original writes THUDM/GLM's Megatron layout, "
+            "which has no such model. Use the converted folder itself, or export it as Hub remote code "
+            "(glm-hf export-remote-code)."
+        )
     tensors: dict[str, torch.Tensor] = {}
     for file in read_weight_files(folder):
         with safe_open(file, framework="pt") as handle:
