@@ -230,6 +230,8 @@ def test_remote_code_export_runs_chatglm_without_glm_hf(tmp_path: Path) -> None:
     from test_hub import REMOTE_SCRIPT
 
     convert_checkpoint(write_source(tmp_path / "original"), tmp_path / "converted", remote_code=True)
+    # ChatGLM's tokenizer is a plain fast tokenizer: no code to point at (GLM's tokenizer class would change it)
+    assert "auto_map" not in json.loads((tmp_path / "converted" / "tokenizer_config.json").read_text())
     inputs = {"input_ids": [[8, 56, 29, SPECIAL_IDS["gmask_token_id"], SPECIAL_IDS["bos_token_id"]]]}
     args = [sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path / "converted"), str(tmp_path / "out.json")]
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}

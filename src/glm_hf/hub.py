@@ -438,8 +438,11 @@ def export_remote_code(folder: str | os.PathLike[str]) -> list[str]:
     _write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     written.append("config.json")
     tokenizer_config_path = folder / "tokenizer_config.json"
-    if tokenizer_config_path.is_file():
-        tokenizer_config = json.loads(tokenizer_config_path.read_text(encoding="utf-8"))
+    tokenizer_config = (
+        json.loads(tokenizer_config_path.read_text(encoding="utf-8")) if tokenizer_config_path.is_file() else None
+    )
+    # Only GLM's own tokenizer class needs its code; a plain fast tokenizer (ChatGLM-6B's) loads without any.
+    if tokenizer_config is not None and tokenizer_config.get("tokenizer_class") == "GLMTokenizerFast":
         tokenizer_config["auto_map"] = dict(TOKENIZER_AUTO_MAP)
         _write_text(tokenizer_config_path, json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
         written.append("tokenizer_config.json")
