@@ -84,6 +84,8 @@ def main() -> None:
         result = {"world_size": training_args.world_size, "losses": losses}
         (args.output_dir / "result.json").write_text(json.dumps(result))
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, args.output_dir / "weights.pt")
+    if torch.distributed.is_initialized():  # a clean gloo shutdown: left to interpreter exit, it can abort
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
