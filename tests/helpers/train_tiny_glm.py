@@ -85,6 +85,7 @@ def main() -> None:
         (args.output_dir / "result.json").write_text(json.dumps(result))
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, args.output_dir / "weights.pt")
     if torch.distributed.is_initialized():  # a clean gloo shutdown: left to interpreter exit, it can abort
+        torch.distributed.barrier()  # both ranks done (rank 0 writes the files) before the group goes
         torch.distributed.destroy_process_group()
 
 
