@@ -28,7 +28,7 @@ from ..progress import bytes_under, is_long_work
 from .atomic import atomic_output_folder, check_output_location, check_replaceable
 from .chatglm_config import NOT_CONVERTED, read_chatglm_config
 from .checkpoint import CheckpointError, load_checkpoint_file, model_state_dict
-from .convert import ConversionReport, is_converted_folder, sha256_of, some_of
+from .convert import ConversionReport, is_converted_folder, sha256_of, some_of, verify_folder
 from .safetensors_writer import PlannedTensor, write_safetensors_file, write_sharded_safetensors
 
 WEIGHTS_FILE = "pytorch_model.bin"
@@ -372,25 +372,14 @@ def convert_chatglm(
 
 
 def verify_chatglm(folder: Path, planned: list[PlannedTensor]) -> str:
-    """Reload `folder` with `AutoModelForCausalLM`, compare every tensor bitwise with its (reordered, cast) source,
-    run one forward on a `[gMASK] <sop>` prompt."""
+    """`verify_folder` for a ChatGLM: tensors named as in glm-hf (the original's `query_key_value` is reordered), a
+    `[gMASK] <sop>` prompt as the probe."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=planned[0].dtype).eval()
-    state = model.state_dict()
-    for tensor in planned:
-        values = tensor.produce()
-        if values.isnan().any():
-            raise CheckpointError(f"Verification stopped: {tensor.name} holds NaN values in the source checkpoint.")
-        if not torch.equal(state[tensor.name], values):
-            raise CheckpointError(f"Verification failed: {tensor.name} differs from its source after conversion.")
-    config = model.config
-    input_ids = torch.tensor([[5, 6, 7, config.gmask_token_id, config.sop_token_id]]).remainder(config.vocab_size)
-    with torch.no_grad():
-        logits = model(input_ids).logits
-    if not torch.isfinite(logits).all():
-        raise CheckpointError("Verification failed: the converted model gives non-finite logits.")
-    return f"{len(planned)} tensors equal their source bitwise; a forward pass gives finite logits"
+    def probe_ids(config: GLMConfig) -> torch.Tensor:
+        return torch.tensor([[5, 6, 7, config.gmask_token_id, config.sop_token_id]]).remainder(config.vocab_size)
+
+    return verify_folder(folder, AutoModelForCausalLM, planned, str, probe_ids)
 
 
 def _model_card(report: ConversionReport, has_model: bool, has_adapter: bool) -> str:

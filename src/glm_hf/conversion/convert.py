@@ -462,7 +462,7 @@ def convert_checkpoint(
             source_sha256=hashes,
         )
         if verify:
-            report.verify_summary = verify_conversion(staging, loaded, torch_dtype)
+            report.verify_summary = verify_conversion(staging, loaded, planned)
         (staging / "README.md").write_text(model_card(report, command, remote_code=remote_code), encoding="utf-8")
     return report
 
@@ -490,34 +490,53 @@ def _write_tokenizer(folder: Path, family: str | None, vocab_dir: Path, config: 
     return sorted(set(path.name for path in folder.iterdir()) - before)
 
 
-def verify_conversion(folder: Path, loaded: _LoadedSource, dtype: torch.dtype) -> str:
-    """Reload `folder` with the Auto classes, compare every tensor bitwise with its source, run one forward."""
-    from transformers import AutoModelForSeq2SeqLM
-
+def verify_folder(
+    folder: Path,
+    auto_class: Any,
+    planned: list[PlannedTensor],
+    source_key: Callable[[str], str],
+    probe_ids: Callable[[Any], torch.Tensor],
+) -> str:
+    """`--verify`: reload `folder` with `auto_class`, compare every written tensor bitwise with the values it was
+    written from (refusing a source that holds NaN, named by `source_key(name)`), and run one forward pass on
+    `probe_ids(config)`. Shared by the GLM and the ChatGLM converters."""
     with transformers_progress_bars(is_long_work(bytes_under(folder))):
-        model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype).eval()
+        model = auto_class.from_pretrained(folder, dtype=planned[0].dtype).eval()
     state = model.state_dict()
-    for name in loaded.backbone:
-        source = loaded.merged(name).to(dtype)
+    for tensor in planned:
+        source = tensor.produce()
         if source.isnan().any():
             raise CheckpointError(
-                f"Verification stopped: {loaded.key_in_file(name)} holds NaN values in the source checkpoint "
+                f"Verification stopped: {source_key(tensor.name)} holds NaN values in the source checkpoint "
                 f"({int(source.isnan().sum())} of {source.numel()}): the checkpoint is damaged or its training "
                 "diverged, and any model made from it computes NaN. Convert another checkpoint (or drop --verify "
                 "to copy it as it is)."
             )
-        if not torch.equal(state[original_to_hf_key(name)], source):
-            raise CheckpointError(f"Verification failed: {name} differs from its source after conversion.")
-    length = min(8, model.config.max_position_embeddings)
-    input_ids = torch.arange(length).remainder(model.config.vocab_size)[None]
+        if not torch.equal(state[tensor.name], source):
+            raise CheckpointError(
+                f"Verification failed: {source_key(tensor.name)} differs from its source after conversion."
+            )
+    input_ids = probe_ids(model.config)
     with torch.no_grad():
         logits = model(input_ids.to(model.device)).logits
     if not torch.isfinite(logits).all():
         raise CheckpointError("Verification failed: the converted model gives non-finite logits.")
     return (
-        f"{len(loaded.backbone)} tensors equal their source bitwise; a forward pass on {length} tokens gives "
+        f"{len(planned)} tensors equal their source bitwise; a forward pass on {input_ids.shape[-1]} tokens gives "
         f"finite logits {tuple(logits.shape)}"
     )
+
+
+def verify_conversion(folder: Path, loaded: _LoadedSource, planned: list[PlannedTensor]) -> str:
+    """`verify_folder` for a GLM: tensors named as in the checkpoint file, a probe of ids 0..7."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    key_in_file = {original_to_hf_key(name): loaded.key_in_file(name) for name in loaded.backbone}
+
+    def probe_ids(config: GLMConfig) -> torch.Tensor:
+        return torch.arange(min(8, config.max_position_embeddings)).remainder(config.vocab_size)[None]
+
+    return verify_folder(folder, AutoModelForSeq2SeqLM, planned, key_in_file.__getitem__, probe_ids)
 
 
 # THUDM's Hub repositories of the released models, by (layers, hidden, vocabulary).
