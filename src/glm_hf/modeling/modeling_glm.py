@@ -1008,10 +1008,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                     "This model (positions_from_ids=True, ChatGLM) reads its positions from the prompt's ids; with "
                     "inputs_embeds, pass position_ids (the original's stacked [B, 2, T] works)."
                 )
-            position_ids, block_position_ids, context_lengths = chatglm_prompt_positions(
+            position_ids, block_position_ids, _ = chatglm_prompt_positions(
                 prompt, self.config, kwargs.get("attention_mask")
             )
-            prefix_length = context_lengths if prefix_length is None else prefix_length
             if not self.config.block_position_encoding:  # 1-D: new tokens take the mask's index, [gMASK] rows too
                 self.held_generation_positions = chatglm_mask_positions(
                     prompt, self.config, kwargs.get("attention_mask")
@@ -1027,7 +1026,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if block_position_ids is None and self.config.block_position_encoding:
             block_position_ids = torch.zeros_like(position_ids)
         if prefix_length is None and self.config.positions_from_ids and not cached and prompt is not None:
-            prefix_length = chatglm_context_lengths(prompt, self.config.sop_token_id)  # given positions, ChatGLM
+            # ChatGLM, positions derived or given: the context before [sop] is the bidirectional prefix
+            prefix_length = chatglm_context_lengths(prompt, self.config.sop_token_id)
         if position_ids.shape[-1] < length:
             position_ids, block_position_ids = positions_of_columns(
                 position_ids, block_position_ids, 0, length, self._held_positions(batch_size)
