@@ -5,17 +5,20 @@ eos disabled so that every run makes exactly the tokens asked for, GLM blank-inf
 The decode rate is `(N - 1) / (t(N) - t(1))`; the bound is weight bytes / read bandwidth (summing a 1 GiB tensor in
 the same run): fraction 1.0 means a decode step costs one read of the weights.
 
-Targets (`--targets`, default all), each timed alone so that one failure does not stop the others:
-- `default`: glm-2b, batch 1, `generate()` with no flags;
-- `captured`: glm-2b, batch 1, `cache_implementation="static"`: transformers compiles the decode step
-  (`torch.compile(mode="reduce-overhead")`: CUDA graphs); the first call's compile time is reported;
+Targets (`--targets`, default all but `chatglm-captured`), each timed alone so that one failure does not stop the
+others:
+- `default`: glm-2b, batch 1, `generate()` with no flags (on CUDA: the kept static cache and the decode step captured
+  as a CUDA graph, not compiled), against the eager dynamic-cache loop (`cache_implementation="dynamic"`) in the same
+  run, the graph's replays alone (the device-side speed of a step) and where fp16 tokens of both paths first differ;
+- `captured`: glm-2b, batch 1, `cache_implementation="static"`: the step compiled (torch.compile, no cudagraphs of
+  its own) and then captured; the first call's compile time is reported;
 - `batch16`: glm-2b, batch 16, no flags (total tokens/s, and against batch 1);
-- `glm10b`: glm-10b, batch 1, captured;
+- `glm10b`: glm-10b, batch 1, compiled and captured, then the default path;
 - `infill`: `fill_blanks` of 32 texts x 2 blanks x 8 tokens at batch 16 against one text at a time (glm-large
   shape with the embedded model's tokenizer);
-- `greedy-equal`: tokens of the captured step against the default path (fp32, glm-2b width at 4 layers);
-- `chatglm`, `chatglm-captured` (not in the default set, which keeps `run_gpu.sh` within a short lease): ChatGLM-6B,
-  batch 1, a `text [gMASK] <sop>` prompt whose positions the model reads from the ids, default path / captured.
+- `greedy-equal`: fp32 tokens of the default and compiled steps against the eager loop (glm-2b width, 4 layers);
+- `chatglm`, `chatglm-captured`: ChatGLM-6B, batch 1, a `text [gMASK] <sop>` prompt whose positions the model reads
+  from the ids, default path / compiled.
 
 Prints one `TARGET` line per target; `--output` writes the "(cuda)" section of RESULTS.md. `GLM_HF_GPU_SMOKE=1`
 runs every target on tiny shapes on the CPU (to check the script itself before a lease).
@@ -44,8 +47,8 @@ from glm_hf.default_model import default_model_and_tokenizer  # noqa: E402
 SMOKE = os.environ.get("GLM_HF_GPU_SMOKE") == "1"
 TITLE = "GPU decoding (cuda)"
 TARGET_SECONDS = 150  # a target still running then is stopped and reported, so that the lease's run ends
-TARGETS = ("default", "captured", "batch16", "glm10b", "infill", "greedy-equal")
-EXTRA_TARGETS = ("chatglm", "chatglm-captured")
+TARGETS = ("default", "captured", "batch16", "glm10b", "infill", "greedy-equal", "chatglm")
+EXTRA_TARGETS = ("chatglm-captured",)
 
 
 def build(preset: str, device: str, dtype: torch.dtype, **overrides) -> glm_hf.GLMForConditionalGeneration:
@@ -91,6 +94,40 @@ def chatglm_prompt(model: glm_hf.GLMForConditionalGeneration, batch: int, length
     ids = torch.randint(1000, min(config.vocab_size - 1000, 30000), (batch, length), generator=generator)
     ids[:, -2], ids[:, -1] = config.gmask_token_id, config.sop_token_id
     return {"input_ids": ids.to(model.device)}
+
+
+def graph_rate(model, replays: int = 64) -> float:
+    """Decode steps per second of the kept captured step's graph replayed back to back (no host work between):
+    the device-side speed of a step. Reads past the run's columns, which its cache still has room for."""
+    if model.kept_static_cache is None:  # the CPU default: the dynamic cache
+        return float("nan")
+    cache = model.kept_static_cache[-1]
+    step = model.decode_steps.get(cache)
+    if step is None or step.graph is None:
+        return float("nan")
+    replays = min(replays, cache.get_max_length() - int(cache.get_seq_length()) - 1)
+    synchronize(str(model.device.type))
+    start = time.perf_counter()
+    for _ in range(replays):
+        step.graph.replay()
+    synchronize(str(model.device.type))
+    return replays / (time.perf_counter() - start)
+
+
+def first_difference(model, inputs: dict, new_tokens: int, options: dict, baseline: dict) -> str:
+    """Where greedy tokens of two paths first differ ("equal" when they never do), with the baseline's top-2 logit
+    margin at that step (a near-tie when small)."""
+    settings = {"do_sample": False, "eos_token_id": None, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
+    with torch.no_grad():
+        tokens = model.generate(**inputs, **settings, **options)
+        reference = model.generate(**inputs, **settings, **baseline, return_dict_in_generate=True, output_logits=True)
+    start = inputs["input_ids"].shape[1]
+    differ = (tokens[0, start:] != reference.sequences[0, start:]).nonzero()
+    if not len(differ):
+        return f"equal over {new_tokens} tokens"
+    index = int(differ[0])
+    top = reference.logits[index][0].topk(2).values
+    return f"first differ at new token {index} (top-2 logit margin there {float(top[0] - top[1]):.3g})"
 
 
 def generate_seconds(model, inputs: dict, new_tokens: int, **options) -> float:
@@ -171,21 +208,43 @@ def main() -> None:
     results: dict[str, float] = {}
 
     def default() -> str:
+        """glm-2b batch 1 with no flags (on CUDA: the kept static cache and the captured step), against the eager
+        dynamic-cache loop (`cache_implementation="dynamic"`) in the same run; fp16 tokens of both compared."""
         model = build("glm-2b", device, dtype)
-        rate, _ = decode_rate(model, blank_prompt(model, 1, prompt), new_tokens)
+        inputs = blank_prompt(model, 1, prompt)
+        rate, first = decode_rate(model, inputs, new_tokens)
+        eager, _ = decode_rate(model, inputs, new_tokens, repeats=1, cache_implementation="dynamic")
         results["b1"] = rate
-        run.rows.append(f"| glm-2b, default `generate()` | 1 | {rate:.1f} | {run.fraction(model, rate):.2f} | |")
-        return f"glm-2b default {rate:.1f} tok/s = {run.fraction(model, rate):.2f} of the bound (target 0.3)"
-
-    def captured_target(preset: str, target: float) -> str:
-        """Batch-1 decoding with the captured step: `cache_implementation="static"`."""
-        model = build(preset, device, dtype)
-        rate, first = decode_rate(model, blank_prompt(model, 1, prompt), new_tokens, cache_implementation="static")
+        graph = graph_rate(model)
+        divergence = first_difference(model, inputs, new_tokens, {}, {"cache_implementation": "dynamic"})
         fraction = run.fraction(model, rate)
-        run.rows.append(f"| {preset}, `cache_implementation=\"static\"` (captured) | 1 | {rate:.1f} | "
-                        f"{fraction:.2f} | first call {first:.1f} s |")  # fmt: skip
-        summary = f"{preset} captured {rate:.1f} tok/s = {fraction:.2f} of the bound (target {target})"
-        return f"{summary}; first call {first:.1f} s"
+        run.rows.append(f"| glm-2b, default `generate()` | 1 | {rate:.1f} | {fraction:.2f} | first call {first:.1f} "
+                        f"s; {rate / eager:.1f}x the eager dynamic-cache loop ({eager:.1f} tok/s, "
+                        f"{run.fraction(model, eager):.2f}); graph replays alone {run.fraction(model, graph):.2f}; "
+                        f"fp16 tokens vs eager: {divergence} |")  # fmt: skip
+        return (f"glm-2b default {rate:.1f} tok/s = {fraction:.2f} of the bound (target 0.3); {rate / eager:.1f}x "
+                f"eager dynamic {eager:.1f}; graph alone {run.fraction(model, graph):.2f}; first call {first:.1f} s; "
+                f"fp16 vs eager: {divergence}")  # fmt: skip
+
+    def captured_target(preset: str, target: float, with_default: bool = False) -> str:
+        """Batch-1 decoding with the compiled, captured step: `cache_implementation="static"` (and the default
+        path, captured without compiling, when `with_default`)."""
+        model = build(preset, device, dtype)
+        inputs = blank_prompt(model, 1, prompt)
+        rate, first = decode_rate(model, inputs, new_tokens, cache_implementation="static")
+        graph = graph_rate(model)
+        fraction = run.fraction(model, rate)
+        run.rows.append(f"| {preset}, `cache_implementation=\"static\"` (compiled, captured) | 1 | {rate:.1f} | "
+                        f"{fraction:.2f} | first call {first:.1f} s; graph replays alone "
+                        f"{run.fraction(model, graph):.2f} |")  # fmt: skip
+        summary = f"{preset} static {rate:.1f} tok/s = {fraction:.2f} of the bound (target {target})"
+        summary += f"; graph alone {run.fraction(model, graph):.2f}; first call {first:.1f} s"
+        if with_default:
+            plain, plain_first = decode_rate(model, inputs, new_tokens)
+            run.rows.append(f"| {preset}, default `generate()` | 1 | {plain:.1f} | {run.fraction(model, plain):.2f} | "
+                            f"first call {plain_first:.1f} s |")  # fmt: skip
+            summary += f"; default {plain:.1f} tok/s = {run.fraction(model, plain):.2f}"
+        return summary
 
     def captured() -> str:
         return captured_target("glm-2b", 0.6)
@@ -198,7 +257,7 @@ def main() -> None:
         return f"glm-2b batch 16 {rate:.1f} tok/s in all = {ratio:.1f}x batch 1 (target 10x)"
 
     def glm10b() -> str:
-        return captured_target("glm-10b", 0.8)
+        return captured_target("glm-10b", 0.8, with_default=True)
 
     def infill() -> str:
         tokenizer = default_model_and_tokenizer()[1]
@@ -231,23 +290,26 @@ def main() -> None:
         return f"fill_blanks batch 16 {ratio:.1f}x one by one (target 5x)"
 
     def greedy_equal() -> str:
+        """fp32 greedy tokens of the default (captured) step and the compiled one against the eager dynamic loop."""
         model = build("glm-2b", device, torch.float32, num_hidden_layers=4)
         inputs = blank_prompt(model, 1, prompt)
         settings = {"do_sample": False, "eos_token_id": None, "max_new_tokens": 32, "min_new_tokens": 32}
         with torch.no_grad():
-            plain = model.generate(**inputs, **settings)
-            captured = model.generate(**inputs, cache_implementation="static", **settings)
-        same = bool(torch.equal(plain, captured))
-        run.rows.append(f"| greedy tokens, captured vs default, fp32 | 1 | | | {'equal' if same else 'DIFFER'} |")
-        return f"greedy fp32 captured == default: {same}"
+            eager = model.generate(**inputs, cache_implementation="dynamic", **settings)
+            default = model.generate(**inputs, **settings)
+            static = model.generate(**inputs, cache_implementation="static", **settings)
+        same = bool(torch.equal(eager, default)) and bool(torch.equal(eager, static))
+        run.rows.append(f"| greedy tokens, default and compiled captured steps vs the eager loop, fp32 | 1 | | | "
+                        f"{'equal' if same else 'DIFFER'} |")  # fmt: skip
+        return f"greedy fp32 default == static == eager dynamic: {same}"
 
     def chatglm_target(captured_step: bool) -> str:
-        """ChatGLM-6B batch 1: the default path, or the captured step (`cache_implementation="static"`)."""
+        """ChatGLM-6B batch 1: the default path (captured), or the compiled step (`cache_implementation="static"`)."""
         model = build("chatglm-6b", device, dtype)
         options = {"cache_implementation": "static"} if captured_step else {}
         rate, first = decode_rate(model, chatglm_prompt(model, 1, prompt), new_tokens, **options)
         fraction = run.fraction(model, rate)
-        path = '`cache_implementation="static"` (captured)' if captured_step else "default `generate()`"
+        path = '`cache_implementation="static"` (compiled, captured)' if captured_step else "default `generate()`"
         run.rows.append(f"| chatglm-6b, {path} | 1 | {rate:.1f} | {fraction:.2f} | first call {first:.1f} s |")
         label = "captured" if captured_step else "default"
         return f"chatglm-6b {label} {rate:.1f} tok/s = {fraction:.2f} of the bound"

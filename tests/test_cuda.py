@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from glm_hf.modeling import captured_decoding
+
 from conftest import blank_inputs, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -53,3 +55,70 @@ def test_no_cudnn_attention_is_dispatched_on_cuda():
         model.generate(**inputs, max_new_tokens=3)
     attention = {name for name in ops.names if "attention" in name}
     assert attention and not any("cudnn" in name for name in attention), attention
+
+
+def capture_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the CUDA graphs that the static-cache loop records."""
+    counts: list[int] = []
+    original = captured_decoding.CapturedDecodeStep._capture
+
+    def counting(self: captured_decoding.CapturedDecodeStep) -> None:
+        counts.append(1)
+        original(self)
+
+    monkeypatch.setattr(captured_decoding.CapturedDecodeStep, "_capture", counting)
+    return counts
+
+
+def test_default_generate_replays_one_captured_step_across_runs(monkeypatch):
+    """No flags on CUDA: a kept static cache, the step captured once and replayed by later runs of other prompt
+    lengths; tokens as the eager dynamic-cache loop's (fp32)."""
+    counts = capture_count(monkeypatch)
+    model = tiny_model().cuda()
+    for length in (9, 17, 12):
+        inputs = prompt_of(length)
+        tokens = model.generate(**inputs, **GREEDY)
+        eager = model.generate(**inputs, cache_implementation="dynamic", **GREEDY)
+        assert tokens.tolist() == eager.tolist()
+        step = model.decode_steps[model.kept_static_cache[-1]]
+        assert step.graph is not None
+    assert counts == [1]
+
+
+def test_compiled_captured_step_gives_the_eager_tokens(monkeypatch):
+    counts = capture_count(monkeypatch)
+    model = tiny_model().cuda()
+    inputs = prompt_of(9)
+    eager = model.generate(**inputs, cache_implementation="dynamic", **GREEDY)
+    for _ in range(2):
+        assert model.generate(**inputs, cache_implementation="static", **GREEDY).tolist() == eager.tolist()
+    assert counts == [1]
+    assert model.decode_steps[model.kept_static_cache[-1]].forward is not captured_decoding.last_column_logits
+
+
+def test_rows_ending_at_eos_on_cuda_end_as_on_the_cpu():
+    """The deferred stop check (a device flag read one step late) ends a run where the CPU's loop does."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    first = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    options = {"eos_token_id": int(first[0, -1]), "max_new_tokens": 12, "do_sample": False}
+    on_cpu = model.generate(**inputs, **options)
+    single_cpu = model.generate(**{k: v[:1] for k, v in inputs.items()}, **options)
+    model.cuda()
+    gpu_inputs = {k: v.cuda() for k, v in inputs.items()}
+    assert model.generate(**gpu_inputs, **options).cpu().tolist() == on_cpu.tolist()
+    single = model.generate(**{k: v[:1] for k, v in gpu_inputs.items()}, **options)
+    assert single.cpu().tolist() == single_cpu.tolist()
+
+
+def test_fill_blanks_on_cuda_fills_as_on_the_cpu():
+    from glm_hf import fill_blanks
+
+    from conftest import tiny_word_tokenizer
+
+    model = tiny_model()
+    tokenizer = tiny_word_tokenizer()
+    texts = ["the king [MASK] the river and [MASK] .", "a bird [MASK] .", "[MASK] the old ship ."]
+    on_cpu = fill_blanks(model, tokenizer, texts, max_new_tokens=5, batch_size=3)
+    on_gpu = fill_blanks(model.cuda(), tokenizer, texts, max_new_tokens=5, batch_size=3)
+    assert [result.spans for result in on_gpu] == [result.spans for result in on_cpu]

@@ -33,6 +33,7 @@ CHECKPOINTS = Path(__file__).parent / "fixtures" / "original_checkpoints"
 HAVE_ASSETS = (ASSETS / "gpt2-vocab.json").is_file() and (ASSETS / "gpt2-merges.txt").is_file()
 NO_ASSETS = f"shared assets (gpt2 vocabulary) not found at {ASSETS}; set GLM_HF_ASSETS"
 REMOTE_FILES = [
+    "captured_decoding.py",
     "chatglm_positions.py",
     "chatglm_rotary.py",
     "cloze_glm.py",

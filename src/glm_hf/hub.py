@@ -57,6 +57,7 @@ REMOTE_CODE_MODULES: dict[str, str] = {
     "configuration_glm": "glm_hf.modeling.configuration_glm",
     "chatglm_positions": "glm_hf.modeling.chatglm_positions",
     "chatglm_rotary": "glm_hf.modeling.chatglm_rotary",
+    "captured_decoding": "glm_hf.modeling.captured_decoding",
     "modeling_glm": "glm_hf.modeling.modeling_glm",
     "tokenization_glm": "glm_hf.tokenization_glm",
     "infilling_glm": "glm_hf.infilling",

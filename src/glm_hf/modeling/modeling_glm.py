@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache
 from transformers.configuration_utils import PreTrainedConfig
-from transformers.generation import GenerationConfig, GenerationMixin
+from transformers.generation import GenerationConfig, GenerationMixin, GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -38,6 +38,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
 
+from .captured_decoding import DecodeSteps, decode_on_static_cache, static_cache_loop_applies
 from .chatglm_positions import chatglm_context_lengths, chatglm_position_ids, chatglm_step_position_ids
 from .chatglm_rotary import ChatGLMRotaryEmbedding, apply_rotary
 from .configuration_glm import GLMConfig
@@ -48,6 +49,8 @@ logger = logging.get_logger(__name__)
 # a `cache` field (earlier releases: `past_key_values` both ways). The model takes either name and returns the cache
 # in the field that the installed release declares.
 CACHE_OUTPUT_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+# generate()'s own static caches hold a whole multiple of this many columns (one cache and graph for many lengths).
+STATIC_CACHE_COLUMNS = 256
 # The name `generate()` takes a cache under without a deprecation warning.
 _GENERATION_INPUTS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
 GENERATE_CACHE_KWARG = "cache" if "cache" in _GENERATION_INPUTS else "past_key_values"
@@ -860,6 +863,12 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.padding_free_generation = False  # set by generate() for its run when no padding mask was given
         # Set by generate() for its run on a 1-D ChatGLM: [B, 1] position every new token takes (the mask's index).
         self.held_generation_positions: torch.Tensor | None = None
+        # Set by generate() for a run on the static cache it chose itself on CUDA (not asked to compile).
+        self.static_cache_by_default = False
+        # The static cache of generate()'s own static runs, kept for the next run that fits: (batch, dtype, device,
+        # whether made in inference mode, cache).
+        self.kept_static_cache: tuple[int, torch.dtype, torch.device, bool, StaticCache] | None = None
+        self.decode_steps = DecodeSteps()  # captured decode steps, by cache (`captured_decoding`)
         self.post_init()
         self.generation_config = glm_generation_config(config)
 
@@ -971,6 +980,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             self.glm.positions_prechecked = False
             self.padding_free_generation = False
             self.held_generation_positions = None
+            self.static_cache_by_default = False
 
     def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
         """The one-token prompt `generate()` starts from when given no input: [bos] per row (rows as many as a
@@ -1114,9 +1124,16 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         the clear error when an id actually goes past."""
         self.glm.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
         given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
-        super()._prepare_cache_for_generation(
-            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
-        )
+        own_static = given is None and self._keeps_static_cache(generation_config, generation_mode)
+        if own_static:  # whole multiples of STATIC_CACHE_COLUMNS: runs of other lengths fit the same cache and graph
+            columns = -(-max_cache_length // STATIC_CACHE_COLUMNS) * STATIC_CACHE_COLUMNS
+            rows = batch_size * generation_config.num_return_sequences  # the batch the cache is filled with
+            model_kwargs[GENERATE_CACHE_KWARG] = self._kept_static_cache(rows, columns)
+            self.static_cache_by_default = generation_config.cache_implementation is None
+        else:
+            super()._prepare_cache_for_generation(
+                generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+            )
         cache_key = "cache" if "cache" in model_kwargs else "past_key_values"
         default_cache = (
             given is None
@@ -1132,6 +1149,78 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             cache.glm_generation_run = GLMGenerationRun(
                 model_kwargs["position_ids"], model_kwargs.get("block_position_ids"), model_kwargs.get("prefix_length")
             )
+
+    def _keeps_static_cache(self, generation_config: GenerationConfig, generation_mode: Any) -> bool:
+        """Whether generate() runs on a static cache that it keeps for the next run (with its captured decode step):
+        greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
+        not compiled), anywhere with `cache_implementation="static"` (compiled where transformers compiles)."""
+        if generation_config.cache_implementation is None:
+            if self.device.type != "cuda" or generation_config.use_cache is False:
+                return False
+        elif generation_config.cache_implementation != "static":
+            return False
+        return (
+            generation_mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
+            and not generation_config.return_dict_in_generate
+            and not generation_config.is_assistant
+            and generation_config.prefill_chunk_size is None
+            and "prepare_inputs_for_generation" not in vars(self)  # PEFT's prompt learning: its own steps
+        )
+
+    def _kept_static_cache(self, batch_size: int, max_cache_length: int) -> StaticCache:
+        """The kept static cache, emptied, when it fits this run (batch, dtype, device, at least `max_cache_length`
+        columns); else a new one, kept in its place."""
+        key = (batch_size, self.dtype, self.device, torch.is_inference_mode_enabled())
+        if self.kept_static_cache is not None:
+            *kept_key, cache = self.kept_static_cache
+            if tuple(kept_key) == key and cache.get_max_length() >= max_cache_length:
+                cache.reset()
+                return cache
+        cache = StaticCache(config=self.config, max_cache_len=max_cache_length)
+        self.kept_static_cache = (*key, cache)
+        return cache
+
+    def _sample(
+        self,
+        input_ids: torch.LongTensor,
+        logits_processor: Any,
+        stopping_criteria: Any,
+        generation_config: GenerationConfig,
+        synced_gpus: bool = False,
+        streamer: Any = None,
+        **model_kwargs: Any,
+    ) -> Any:
+        """transformers' greedy / sampling loop; on a static cache GLM's own (`captured_decoding`: the decode step is
+        a CUDA graph replayed per token, the stop check does not wait for the device), which gives the same tokens.
+        The step is compiled first where transformers would compile it (a static cache not chosen by default)."""
+        cache = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
+        if not static_cache_loop_applies(self, cache, generation_config, model_kwargs, synced_gpus):
+            return super()._sample(
+                input_ids,
+                logits_processor=logits_processor,
+                stopping_criteria=stopping_criteria,
+                generation_config=generation_config,
+                synced_gpus=synced_gpus,
+                streamer=streamer,
+                **model_kwargs,
+            )
+        compile_step = not self.static_cache_by_default and self._valid_auto_compile_criteria(
+            model_kwargs, generation_config
+        )
+        kept = self.kept_static_cache
+        cache_outlives_call = generation_config.return_dict_in_generate or (kept is None or cache is not kept[-1])
+        return decode_on_static_cache(
+            self,
+            input_ids,
+            logits_processor,
+            stopping_criteria,
+            generation_config,
+            streamer,
+            model_kwargs,
+            cache,
+            compile_step=compile_step,
+            cache_outlives_call=cache_outlives_call,
+        )
 
     def _held_positions(self, batch_size: int) -> torch.Tensor | None:
         """`held_generation_positions` for `batch_size` rows (repeated per row for beams and returned sequences)."""

@@ -1,0 +1,366 @@
+"""`generate()`'s greedy / sampling loop on a static cache, with the decode step replayed from a CUDA graph.
+
+On a GPU a batch-1 decode step of glm-2b reads its 3.84 GB of weights in about 1 ms, while an eager step spends
+more host time than that (~40 dispatched ops in each of 36 layers), and transformers' loop then waits for the device
+at every step (its stop check reads a device flag). Here, on a static cache:
+
+- the step (one new token per row through the model) reads everything from fixed buffers: the tokens, a column
+  counter on the device, the positions of every column and the padding mask (both set before the first step), the
+  prefix length; the cache advances its own counters. On CUDA it is captured once as a CUDA graph and replayed: one
+  launch per token. The graph and its buffers stay with the cache, so a later `generate()` on the same cache (the
+  one `generate()` keeps for its own static runs, or a caller's) replays it without recording again;
+- where transformers would compile the step (`cache_implementation="static"`), it is compiled first, without
+  torch.compile's own CUDA graphs (the graph here holds the whole step);
+- the stop check reads the previous step's flag, so the host queues a step while the device still runs the last
+  one. The one step too many is undone; where the cache outlives the call (a caller's or a returned one), the flag
+  is read at every step instead, so that the cache holds exactly the columns transformers' loop would leave.
+
+On the CPU the same loop runs the step eagerly. Token selection, logits processors, stopping criteria and streamers
+are transformers' own, called as `GenerationMixin._sample` calls them: the tokens are the same.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+from transformers.generation import GenerateDecoderOnlyOutput, GenerationConfig
+from transformers.utils import logging
+
+if TYPE_CHECKING:
+    from .modeling_glm import GLMForConditionalGeneration
+
+logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed the output field that holds the cache (`past_key_values` before).
+GENERATE_OUTPUT_CACHE_FIELD = (
+    "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+)
+# Eager steps before the capture: lazy initialisations (cuBLAS handles, a compiled step's first run) happen outside.
+WARMUP_STEPS = 1
+COMPILED_WARMUP_STEPS = 2
+
+
+def static_cache_loop_applies(
+    model: GLMForConditionalGeneration,
+    cache: Cache | None,
+    generation_config: GenerationConfig,
+    model_kwargs: dict[str, Any],
+    synced_gpus: bool,
+) -> bool:
+    """Whether this greedy / sampling run takes the loop here: a static cache, and nothing that needs transformers'
+    loop (per-step attentions or hidden states, synced GPUs, an assistant's run, chunked prefill, PEFT's own
+    per-step inputs)."""
+    return (
+        cache is not None
+        and cache.is_compileable
+        and model_kwargs.get("position_ids") is not None
+        and not synced_gpus
+        and not generation_config.output_attentions
+        and not generation_config.output_hidden_states
+        and not generation_config.is_assistant
+        and generation_config.prefill_chunk_size is None
+        and "prepare_inputs_for_generation" not in vars(model)  # PEFT's prompt learning patches it per run
+    )
+
+
+def last_column_logits(model: nn.Module, **inputs: Any) -> torch.Tensor:
+    """The model's float32 logits of the last column, [B, V]: the decode step's output."""
+    return model(**inputs, return_dict=True).logits[:, -1].float()
+
+
+def compiled_last_column_logits(model: GLMForConditionalGeneration, generation_config: GenerationConfig) -> Any:
+    """`last_column_logits` compiled with the generation config's options, minus torch.compile's CUDA graphs (the
+    captured step is one graph already), kept on the model so that later runs reuse the compiled code."""
+    options = generation_config.compile_config.to_dict() if generation_config.compile_config is not None else {}
+    mode = options.get("mode") or "default"
+    options["mode"] = "max-autotune-no-cudagraphs" if mode.startswith("max-autotune") else "default"
+    options = {key: options[key] for key in ("fullgraph", "dynamic", "backend", "mode", "options") if key in options}
+    key = tuple(sorted((name, repr(value)) for name, value in options.items()))
+    cached = getattr(model, "_compiled_decode_step", None)
+    if cached is None or cached[0] != key:
+        cached = (key, torch.compile(last_column_logits, **options))
+        model._compiled_decode_step = cached
+    return cached[1]
+
+
+class CapturedDecodeStep:
+    """One decode step on a static cache from fixed buffers, eager at first and then replayed from a CUDA graph.
+
+    Buffers span the cache's capacity, so a run of any length up to it reuses the graph: `begin()` copies the run's
+    positions, padding mask and prefix length in, and sets the column counter to the run's first new column.
+    """
+
+    def __init__(
+        self,
+        model: GLMForConditionalGeneration,
+        cache: Cache,
+        batch_size: int,
+        capacity: int,
+        has_blocks: bool,
+        has_mask: bool,
+        forward: Any,
+    ) -> None:
+        device = model.device
+        self.model = model
+        self.cache = weakref.ref(cache)  # the model keeps its steps by cache: a strong reference would keep both
+        self.forward = forward
+        self.tokens = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
+        self.column = torch.zeros(1, dtype=torch.long, device=device)
+        self.positions = torch.zeros((batch_size, capacity), dtype=torch.long, device=device)
+        self.block_positions = torch.zeros_like(self.positions) if has_blocks else None
+        self.attention_mask = torch.ones_like(self.positions) if has_mask else None
+        self.prefix_length = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.logits: torch.Tensor | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture = device.type == "cuda"
+        self.warmup_left = COMPILED_WARMUP_STEPS if forward is not last_column_logits else WARMUP_STEPS
+        self.parameter_pointers = parameter_pointers(model)
+        self.inference_mode = torch.is_inference_mode_enabled()  # its buffers can only be written in the same mode
+
+    def fits(
+        self, batch_size: int, has_blocks: bool, has_mask: bool, forward: Any, model: GLMForConditionalGeneration
+    ) -> bool:
+        """Whether this step (and its graph) serves a run with these inputs on its cache: the same batch and kinds of
+        inputs, and the model's weights where they were when it was captured."""
+        return (
+            batch_size == self.tokens.shape[0]
+            and has_blocks == (self.block_positions is not None)
+            and has_mask == (self.attention_mask is not None)
+            and forward is self.forward
+            and torch.is_inference_mode_enabled() == self.inference_mode
+            and parameter_pointers(model) == self.parameter_pointers
+        )
+
+    def begin(
+        self,
+        positions: torch.Tensor,
+        block_positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        prefix_length: int | torch.Tensor,
+        first_column: int,
+    ) -> None:
+        """Load one run's inputs: positions (and the mask) of its columns `0 .. N-1`, N at most the capacity."""
+        columns = positions.shape[-1]
+        self.positions[:, :columns].copy_(positions)
+        if self.block_positions is not None:
+            self.block_positions[:, :columns].copy_(block_positions)
+        if self.attention_mask is not None:
+            self.attention_mask.fill_(1)  # columns past the run's are hidden by the causal rule
+            self.attention_mask[:, : attention_mask.shape[-1]].copy_(attention_mask)
+        if torch.is_tensor(prefix_length):
+            self.prefix_length.copy_(prefix_length.reshape(-1).expand_as(self.prefix_length))
+        else:
+            self.prefix_length.fill_(prefix_length)
+        self.column.fill_(first_column)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed `tokens` ([B]) at the current column; the last column's float32 logits [B, V] (a buffer that the next
+        step overwrites)."""
+        self.tokens.copy_(tokens.view(-1, 1))
+        if self.graph is not None:
+            self.graph.replay()
+        elif not self.capture or not self.model.glm.positions_prechecked or self.model.training:
+            self._run()  # no graph: on the CPU; with a per-step position check (a host sync); with dropout
+        elif self.warmup_left > 0:
+            self.warmup_left -= 1
+            self._run_on_side_stream()
+        else:
+            self._capture()
+        return self.logits
+
+    def _run(self) -> None:
+        inputs = {
+            "input_ids": self.tokens,
+            "position_ids": self.positions.index_select(1, self.column),
+            "attention_mask": self.attention_mask,
+            "prefix_length": self.prefix_length,
+            "past_key_values": self.cache(),
+            "use_cache": True,
+            "logits_to_keep": 1,
+        }
+        if self.block_positions is not None:
+            inputs["block_position_ids"] = self.block_positions.index_select(1, self.column)
+        logits = self.forward(self.model, **inputs)
+        if self.logits is None:
+            self.logits = torch.empty_like(logits)
+        self.logits.copy_(logits)
+        self.column.add_(1)
+
+    def _run_on_side_stream(self) -> None:
+        """A warm-up step, on a side stream as CUDA graph capture wants it."""
+        stream = torch.cuda.Stream(device=self.tokens.device)
+        stream.wait_stream(torch.cuda.current_stream(self.tokens.device))
+        with torch.cuda.stream(stream):
+            self._run()
+        torch.cuda.current_stream(self.tokens.device).wait_stream(stream)
+
+    def _capture(self) -> None:
+        """Record the step as a CUDA graph (recording runs nothing), then replay it for this step."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._run()
+        except RuntimeError as error:
+            logger.warning_once(f"The decode step could not be captured as a CUDA graph ({error}); decoding eagerly.")
+            self.capture = False
+            self._run()
+            return
+        self.graph = graph
+        graph.replay()
+
+
+def parameter_pointers(model: nn.Module) -> tuple[int, ...]:
+    """Where the model's weights live: a graph captured over them is stale once any moved or was replaced."""
+    return tuple(tensor.data_ptr() for tensor in (*model.parameters(), *model.buffers()))
+
+
+class StopFlag:
+    """Whether every row has finished: read one step late (the host does not wait for the device) or at once."""
+
+    def __init__(self, device: torch.device, deferred: bool) -> None:
+        self.deferred = deferred
+        cuda = device.type == "cuda"
+        # Two slots: the flag of this step is copied into one while the other's (the step before) is read.
+        self.flags = [torch.zeros((), dtype=torch.bool, pin_memory=cuda) for _ in range(2)]
+        self.events = [torch.cuda.Event() if cuda else None for _ in range(2)]
+        self.steps = 0
+
+    def finished(self, unfinished_sequences: torch.Tensor) -> bool:
+        """Deferred: whether every row had finished one step earlier; else whether every row has finished now."""
+        done = unfinished_sequences.max() == 0
+        if not self.deferred:
+            return bool(done)
+        slot = self.steps % 2
+        self.flags[slot].copy_(done, non_blocking=True)
+        if self.events[slot] is not None:
+            self.events[slot].record()
+        self.steps += 1
+        if self.steps == 1:
+            return False
+        earlier = 1 - slot
+        if self.events[earlier] is not None:
+            self.events[earlier].synchronize()
+        return bool(self.flags[earlier])
+
+
+def decode_on_static_cache(
+    model: GLMForConditionalGeneration,
+    input_ids: torch.LongTensor,
+    logits_processor: Any,
+    stopping_criteria: Any,
+    generation_config: GenerationConfig,
+    streamer: Any,
+    model_kwargs: dict[str, Any],
+    cache: Cache,
+    compile_step: bool,
+    cache_outlives_call: bool,
+) -> GenerateDecoderOnlyOutput | torch.LongTensor:
+    """`GenerationMixin._sample`'s greedy / sampling loop with the step of `CapturedDecodeStep` (see the module)."""
+    pad_token_id = generation_config._pad_token_tensor
+    return_dict = generation_config.return_dict_in_generate
+    scores: tuple[torch.Tensor, ...] | None = () if return_dict and generation_config.output_scores else None
+    raw_logits: tuple[torch.Tensor, ...] | None = () if return_dict and generation_config.output_logits else None
+    has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+    batch_size = input_ids.shape[0]
+    unfinished_sequences = torch.ones(batch_size, dtype=torch.long, device=input_ids.device)
+    if pad_token_id is not None:
+        pad_token_id = pad_token_id.to(input_ids.device)
+    max_length = stopping_criteria.max_length or cache.get_max_length()
+    # Streaming reads every token on the host anyway; a cache that outlives the call must hold exactly its columns.
+    stop = StopFlag(input_ids.device, deferred=streamer is None and not cache_outlives_call)
+
+    outputs = model._prefill(input_ids, generation_config, model_kwargs, is_first_iteration=True)
+    model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs)
+    next_token_logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
+    del outputs
+    step: CapturedDecodeStep | None = None
+    undo = 0
+    while True:
+        next_token_scores = logits_processor(input_ids, next_token_logits)
+        if scores is not None:
+            scores += (next_token_scores,)
+        if raw_logits is not None:
+            raw_logits += (next_token_logits,)
+        if generation_config.do_sample:
+            probs = nn.functional.softmax(next_token_scores, dim=-1)
+            next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+        else:
+            next_tokens = torch.argmax(next_token_scores, dim=-1)
+        if has_eos_stopping_criteria:
+            next_tokens = next_tokens * unfinished_sequences + pad_token_id * (1 - unfinished_sequences)
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        if streamer is not None:
+            streamer.put(next_tokens.cpu())
+        unfinished_sequences = unfinished_sequences & ~stopping_criteria(input_ids, scores)
+        if stop.finished(unfinished_sequences):
+            undo = 1 if stop.deferred else 0  # every row had finished a step ago: this token is one too many
+            break
+        if input_ids.shape[1] >= max_length:
+            break
+        if step is None:
+            step = start_step(model, cache, input_ids, model_kwargs, max_length, compile_step, generation_config)
+        next_token_logits = step(next_tokens).clone()
+
+    if undo:
+        input_ids = input_ids[:, :-undo]
+        scores = scores[:-undo] if scores is not None else None
+        raw_logits = raw_logits[:-undo] if raw_logits is not None else None
+    if streamer is not None:
+        streamer.end()
+    if not return_dict:
+        return input_ids
+    return GenerateDecoderOnlyOutput(
+        sequences=input_ids,
+        scores=scores,
+        logits=raw_logits,
+        **{GENERATE_OUTPUT_CACHE_FIELD: cache},
+    )
+
+
+def start_step(
+    model: GLMForConditionalGeneration,
+    cache: Cache,
+    input_ids: torch.Tensor,
+    model_kwargs: dict[str, Any],
+    max_length: int,
+    compile_step: bool,
+    generation_config: GenerationConfig,
+) -> CapturedDecodeStep:
+    """The run's decode step, loaded with its inputs: the one kept with this cache when it fits, else a new one.
+
+    The run's positions cover every column so far (prompt embeddings and cached columns included), the first new
+    token's last; those of the columns still to come follow GLM's Part B rule (`positions_of_columns`)."""
+    from .modeling_glm import positions_of_columns
+
+    capacity = cache.get_max_length()
+    batch_size = input_ids.shape[0]
+    first_column = model_kwargs["position_ids"].shape[-1] - 1
+    positions, block_positions = positions_of_columns(
+        model_kwargs["position_ids"],
+        model_kwargs.get("block_position_ids"),
+        0,
+        min(capacity, first_column + 1 + max_length - input_ids.shape[1]),
+        model._held_positions(batch_size),
+    )
+    attention_mask = None if model.padding_free_generation else model_kwargs.get("attention_mask")
+    prefix_length = model_kwargs.get("prefix_length")
+    forward = compiled_last_column_logits(model, generation_config) if compile_step else last_column_logits
+    kinds = (batch_size, block_positions is not None, attention_mask is not None, forward)
+    step = model.decode_steps.get(cache)
+    if step is None or not step.fits(*kinds, model):
+        step = CapturedDecodeStep(model, cache, batch_size, capacity, *kinds[1:])
+        model.decode_steps[cache] = step
+    step.begin(positions, block_positions, attention_mask, prefix_length, first_column)
+    return step
+
+
+class DecodeSteps(weakref.WeakKeyDictionary):
+    """The model's captured decode steps, by cache: a step lives as long as its cache. Not copied with the model
+    (a graph is bound to the weights it was captured over)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DecodeSteps:
+        return DecodeSteps()

@@ -1,0 +1,292 @@
+"""generate()'s own loop on a static cache (`glm_hf.modeling.captured_decoding`): the same tokens, scores and cache
+as transformers' loop, the kept cache and decode step reused across runs, and no host read in a step.
+
+On the CPU the step runs eagerly; `tests/test_cuda.py` checks the captured CUDA graph where a GPU exists.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from test_fast_decoding import HostReads, left_padded_prompts
+from transformers.cache_utils import StaticCache
+
+import glm_hf
+from glm_hf.modeling import captured_decoding, modeling_glm
+from glm_hf.modeling.modeling_glm import GENERATE_CACHE_KWARG
+
+from conftest import TINY_TOKEN_IDS, blank_inputs, tiny_model, tiny_word_tokenizer
+
+GREEDY = {"max_new_tokens": 8, "do_sample": False}
+
+
+@pytest.fixture
+def loop_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Records each run of the static-cache loop (with its options)."""
+    calls: list[dict[str, Any]] = []
+    original = captured_decoding.decode_on_static_cache
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_glm, "decode_on_static_cache", spy)
+    return calls
+
+
+def with_transformers_loop(monkeypatch: pytest.MonkeyPatch, run: Any) -> Any:
+    """`run()` with transformers' `_sample` loop on the static cache instead of GLM's."""
+    with monkeypatch.context() as patch:
+        patch.setattr(modeling_glm, "static_cache_loop_applies", lambda *args, **kwargs: False)
+        return run()
+
+
+def eos_after(model: glm_hf.GLMForConditionalGeneration, inputs: dict, steps: int, row: int) -> int:
+    """The token that `row` of a greedy run generates at step `steps` (0-based): used as eos to end it there."""
+    tokens = model.generate(**inputs, max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False)
+    return int(tokens[row, -1])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_greedy_tokens_equal_transformers_loop_on_the_static_cache(monkeypatch, loop_calls, padded: bool) -> None:
+    model = tiny_model()
+    inputs = left_padded_prompts() if padded else blank_inputs(batch_size=2, part_b=1)
+    ours = model.generate(**inputs, cache_implementation="static", min_new_tokens=8, **GREEDY)
+    theirs = with_transformers_loop(
+        monkeypatch, lambda: model.generate(**inputs, cache_implementation="static", min_new_tokens=8, **GREEDY)
+    )
+    dynamic = model.generate(**inputs, min_new_tokens=8, **GREEDY)
+    assert len(loop_calls) == 1
+    assert ours.tolist() == theirs.tolist() == dynamic.tolist()
+
+
+@pytest.mark.parametrize("finish", ["one row", "every row"])
+def test_rows_ending_at_eos_end_as_in_transformers_loop(monkeypatch, loop_calls, finish: str) -> None:
+    """One row ending early is padded; every row ending early ends the run there (the deferred stop check undoes
+    the step it ran too many)."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    eos = eos_after(model, inputs, steps=2, row=0)
+    options = {"eos_token_id": eos, "pad_token_id": TINY_TOKEN_IDS["pad_token_id"], "max_new_tokens": 12}
+    if finish == "every row":
+        inputs = {name: value[:1] for name, value in inputs.items()}
+    options["cache_implementation"] = "static"
+    ours = model.generate(**inputs, **options)
+    theirs = with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, **options))
+    assert loop_calls and loop_calls[0]["cache_outlives_call"] is False  # deferred: nothing else sees the cache
+    assert ours.tolist() == theirs.tolist()
+    if finish == "every row":
+        assert ours.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_sampling_draws_the_same_tokens_as_transformers_loop(monkeypatch, loop_calls) -> None:
+    model = tiny_model()
+    inputs = left_padded_prompts()
+    options = {
+        "do_sample": True,
+        "top_k": 20,
+        "temperature": 0.8,
+        "max_new_tokens": 10,
+        "cache_implementation": "static",
+    }
+    torch.manual_seed(7)
+    ours = model.generate(**inputs, **options)
+    torch.manual_seed(7)
+    theirs = with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, **options))
+    assert len(loop_calls) == 1
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_scores_logits_and_the_returned_cache_equal_transformers_loop(monkeypatch, loop_calls) -> None:
+    """A run that returns its cache gets a fresh one (not the kept cache), checked at every step: it holds exactly
+    the columns transformers' loop leaves."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    eos = eos_after(model, inputs, steps=3, row=1)
+    options = {
+        "return_dict_in_generate": True,
+        "output_scores": True,
+        "output_logits": True,
+        "repetition_penalty": 1.3,
+        "eos_token_id": eos,
+        "max_new_tokens": 9,
+        "cache_implementation": "static",
+    }
+    ours = model.generate(**inputs, **options)
+    theirs = with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, **options))
+    assert loop_calls[0]["cache_outlives_call"] is True
+    assert ours.sequences.tolist() == theirs.sequences.tolist()
+    pairs = [*zip(ours.scores, theirs.scores, strict=True), *zip(ours.logits, theirs.logits, strict=True)]
+    for mine, reference in pairs:
+        torch.testing.assert_close(mine, reference, rtol=0, atol=1e-6)
+    assert int(ours.past_key_values.get_seq_length()) == int(theirs.past_key_values.get_seq_length())
+    assert model.kept_static_cache is None
+
+
+def test_a_given_static_cache_holds_the_columns_of_transformers_loop(monkeypatch, loop_calls) -> None:
+    """A caller's cache outlives the call (fill_blanks goes on with it): the stop is checked at every step, so no
+    extra column is left in it."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    eos = eos_after(model, inputs, steps=2, row=0)
+
+    def run() -> tuple[list[list[int]], int]:
+        cache = StaticCache(config=model.config, max_cache_len=40)
+        tokens = model.generate(**inputs, **{GENERATE_CACHE_KWARG: cache}, eos_token_id=eos, max_new_tokens=10)
+        return tokens.tolist(), int(cache.get_seq_length())
+
+    ours = run()
+    theirs = with_transformers_loop(monkeypatch, run)
+    assert loop_calls[0]["cache_outlives_call"] is True
+    assert ours == theirs
+
+
+def test_fill_blanks_on_a_static_cache_fills_like_transformers_loop(monkeypatch, loop_calls) -> None:
+    model = tiny_model()
+    tokenizer = tiny_word_tokenizer()
+    texts = ["the king [MASK] the river and [MASK] .", "a bird [MASK] ."]
+    settings = {"max_new_tokens": 4}
+    ours = glm_hf.fill_blanks(model, tokenizer, texts, **settings)
+    theirs = with_transformers_loop(monkeypatch, lambda: glm_hf.fill_blanks(model, tokenizer, texts, **settings))
+    assert loop_calls
+    assert [result.spans for result in ours] == [result.spans for result in theirs]
+
+
+def test_the_kept_cache_and_step_serve_later_runs_of_other_lengths() -> None:
+    """generate()'s own static cache (a whole multiple of 256 columns) and its decode step are kept for the next
+    run that fits: another prompt length, the same batch. A run with another batch size gets its own."""
+    model = tiny_model()
+    reference = tiny_model()
+    runs = [blank_inputs(batch_size=2, part_a=length, part_b=1, seed=length) for length in (9, 14, 7)]
+    caches, steps = [], []
+    for inputs in runs:
+        tokens = model.generate(**inputs, cache_implementation="static", **GREEDY)
+        assert tokens.tolist() == reference.generate(**inputs, **GREEDY).tolist()
+        cache = model.kept_static_cache[-1]
+        caches.append(cache)
+        steps.append(model.decode_steps[cache])
+    assert caches[0].get_max_length() == modeling_glm.STATIC_CACHE_COLUMNS
+    assert all(cache is caches[0] for cache in caches) and all(step is steps[0] for step in steps)
+    model.generate(**blank_inputs(batch_size=1, part_b=1), cache_implementation="static", **GREEDY)
+    assert model.kept_static_cache[-1] is not caches[0]
+
+
+def test_several_sequences_per_prompt_fill_a_cache_of_their_own_batch() -> None:
+    """num_return_sequences=3 fills the cache with 3 rows per prompt: the kept cache is keyed by that batch, so a
+    later one-row run gets another."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    torch.manual_seed(0)
+    sampled = model.generate(
+        **inputs, cache_implementation="static", do_sample=True, num_return_sequences=3, max_new_tokens=6
+    )
+    assert sampled.shape[0] == 3 and model.kept_static_cache[0] == 3
+    greedy = model.generate(**inputs, cache_implementation="static", **GREEDY)
+    assert greedy.tolist() == model.generate(**inputs, **GREEDY).tolist()
+    assert model.kept_static_cache[0] == 1
+
+
+def test_a_step_is_rebuilt_when_the_weights_move() -> None:
+    """A captured graph reads the weights where they were: new weights (another dtype here) get a new step."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    model.generate(**inputs, cache_implementation="static", **GREEDY)
+    first = next(iter(model.decode_steps.values()))
+    model.double()
+    model.generate(**inputs, cache_implementation="static", **GREEDY)
+    assert all(step is not first for step in model.decode_steps.values())
+    assert copy.deepcopy(model).decode_steps.get(model.kept_static_cache[-1]) is None
+
+
+def test_runs_that_need_transformers_loop_take_it(loop_calls) -> None:
+    """Beams, per-step hidden states and the dynamic cache (the CPU default) keep transformers' loop."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    model.generate(**inputs, **GREEDY)
+    model.generate(**inputs, cache_implementation="static", num_beams=2, **GREEDY)
+    model.generate(
+        **inputs,
+        cache_implementation="static",
+        return_dict_in_generate=True,
+        output_hidden_states=True,
+        **GREEDY,
+    )
+    assert loop_calls == []
+
+
+def test_a_step_reads_nothing_back_to_the_host() -> None:
+    """What a CUDA graph needs: the step's forward reads no value on the host (see test_fast_decoding)."""
+    model = tiny_model()
+    inputs = left_padded_prompts()
+    model.generate(**inputs, cache_implementation="static", **GREEDY)
+    step = model.decode_steps[model.kept_static_cache[-1]]
+    model.glm.positions_prechecked = True  # what generate() sets after its check up front
+    with HostReads() as reads:
+        step(torch.tensor([7, 8]))
+    assert reads.calls == []
+
+
+@pytest.mark.parametrize("block_position_encoding", [True, False], ids=["2-D", "1-D"])
+def test_chatglm_generates_like_transformers_loop(monkeypatch, loop_calls, block_position_encoding: bool) -> None:
+    """Rotary positions read from the ids ([gMASK] ... [sop]), 2-D and 1-D (held positions)."""
+    config = glm_hf.GLMConfig.from_preset(
+        "chatglm-6b",
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=64,
+        block_position_encoding=block_position_encoding,
+        bos_token_id=5,
+        eos_token_id=6,
+        sop_token_id=5,
+        eop_token_id=6,
+        mask_token_id=89,
+        gmask_token_id=90,
+        smask_token_id=91,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    model = glm_hf.GLMForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
+    ids = torch.tensor([[11, 12, 13, 90, 5], [21, 22, 23, 90, 5]])
+    options = {"cache_implementation": "static", "min_new_tokens": 6, **GREEDY}
+    ours = model.generate(ids, **options)
+    theirs = with_transformers_loop(monkeypatch, lambda: model.generate(ids, **options))
+    assert len(loop_calls) == 1
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_prompt_embeddings_and_a_continued_cache_generate_like_the_dynamic_cache(loop_calls) -> None:
+    """A prompt given as inputs_embeds (no ids before the new tokens: the step's columns come from the positions),
+    and a second run continuing a caller's static cache from the first run's sequences."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    positions = {name: value for name, value in inputs.items() if name != "input_ids"}
+    options = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+    dynamic = model.generate(inputs_embeds=embeds, **positions, **options)
+    static = model.generate(inputs_embeds=embeds, **positions, cache_implementation="static", **options)
+    assert static.tolist() == dynamic.tolist()
+
+    cache = StaticCache(config=model.config, max_cache_len=40)
+    first = model.generate(**inputs, **{GENERATE_CACHE_KWARG: cache}, **options)
+    continued = model.generate(first, **{GENERATE_CACHE_KWARG: cache}, **options)
+    in_one_go = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert continued.tolist() == in_one_go.tolist()
+    assert len(loop_calls) == 3
+
+
+def test_runs_in_and_out_of_inference_mode_keep_caches_of_their_own() -> None:
+    """Tensors made under torch.inference_mode() cannot be written outside it: such a run's cache is not reused by
+    a plain run (nor the other way round)."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    expected = model.generate(**inputs, **GREEDY).tolist()
+    with torch.inference_mode():
+        assert model.generate(**inputs, cache_implementation="static", **GREEDY).tolist() == expected
+    assert model.generate(**inputs, cache_implementation="static", **GREEDY).tolist() == expected
+    assert model.kept_static_cache[3] is False
