@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_generation import default_prompt, make_model
 
-from glm_hf.modeling.modeling_glm import SDPA_BACKENDS
+from glm_hf.modeling.modeling_glm import SDPA_BACKENDS, additive_attention_mask
 
 
 @contextmanager
@@ -95,9 +95,26 @@ def test_an_explicit_4d_mask_reaches_sdpa_without_cudnn(dtype):
     assert calls and all(call["mask"] and not call["cudnn"] for call in calls)
 
 
-def test_the_static_cache_passes_a_fixed_size_mask_without_cudnn():
+def test_the_static_cache_allows_cudnn_only_for_its_fixed_shape_decode_steps():
+    """A static cache's decode steps have one shape for the whole run (and a captured step replays its plan): every
+    backend may run there, cuDNN included. Its prefill (a new shape per prompt) keeps cuDNN out."""
     calls = generation_calls(cache_implementation="static")
-    assert calls and all(call["mask"] and not call["cudnn"] for call in calls)
+    layers = make_model().config.num_hidden_layers
+    prefill, decode = calls[:layers], calls[layers:]
+    assert all(call["mask"] for call in calls)
+    assert not any(call["cudnn"] for call in prefill)
+    assert decode and all(call["cudnn"] and call["query_length"] == 1 for call in decode)
+
+
+def test_the_additive_mask_gives_sdpa_the_outputs_of_the_boolean_mask():
+    """On CUDA the boolean mask is turned into SDPA's additive form once per forward (not in every layer)."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 5, 8, generator=generator) for _ in range(3))
+    mask = torch.rand(2, 1, 5, 5, generator=generator) > 0.4
+    mask |= ~mask.any(dim=-1, keepdim=True)
+    additive = additive_attention_mask(mask, query.dtype)
+    attend = torch.nn.functional.scaled_dot_product_attention
+    torch.testing.assert_close(attend(query, key, value, additive), attend(query, key, value, mask), rtol=0, atol=0)
 
 
 def test_activation_checkpointing_recomputes_attention_on_the_forwards_backends():

@@ -38,23 +38,30 @@ def test_the_captured_decode_step_gives_the_default_paths_tokens(length):
     assert captured.tolist() == default.tolist()
 
 
-class OpNames(TorchDispatchMode):
+class AttentionCalls(TorchDispatchMode):
+    """The attention ops dispatched, with their query lengths."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.names: set[str] = set()
+        self.calls: list[tuple[str, int]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(str(func))
+        if "attention" in str(func):
+            self.calls.append((str(func), args[0].shape[-2]))
         return func(*args, **(kwargs or {}))
 
 
-def test_no_cudnn_attention_is_dispatched_on_cuda():
+def test_cudnn_attention_runs_only_where_shapes_stay_fixed():
+    """cuDNN re-plans for every new key length: never on the dynamic cache, nor for a prefill; the static cache's
+    decode steps (the default on CUDA) have one shape for the whole run and may use it."""
     model = tiny_model().cuda().half()
     inputs = prompt_of(9)
-    with OpNames() as ops:
-        model.generate(**inputs, max_new_tokens=3)
-    attention = {name for name in ops.names if "attention" in name}
-    assert attention and not any("cudnn" in name for name in attention), attention
+    with AttentionCalls() as dynamic:
+        model.generate(**inputs, cache_implementation="dynamic", max_new_tokens=3)
+    assert dynamic.calls and not any("cudnn" in name for name, _ in dynamic.calls), dynamic.calls
+    with AttentionCalls() as static:
+        model.generate(**inputs, max_new_tokens=6)
+    assert static.calls and all(length == 1 for name, length in static.calls if "cudnn" in name), static.calls
 
 
 def capture_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
