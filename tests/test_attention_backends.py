@@ -2,7 +2,8 @@
 
 On CUDA, SDPA with a mask (and, on Hopper, without one) may pick cuDNN attention, which builds a new execution plan
 for every new key length: ~0.5 ms of host time per layer and decode step on an H200. GLM's forward allows only the
-flash, memory-efficient and math backends, and a padding-free decode step on the dynamic cache passes no mask.
+flash, memory-efficient and math backends, and a padding-free decode step on the dynamic cache passes no mask. The
+one exception: the decode steps on the static cache that generate() keeps (one shape for every step and run).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 from test_generation import default_prompt, make_model
+from transformers.cache_utils import StaticCache
 
-from glm_hf.modeling.modeling_glm import SDPA_BACKENDS, additive_attention_mask
+from glm_hf.modeling.modeling_glm import GENERATE_CACHE_KWARG, SDPA_BACKENDS, additive_attention_mask
 
 
 @contextmanager
@@ -95,15 +97,24 @@ def test_an_explicit_4d_mask_reaches_sdpa_without_cudnn(dtype):
     assert calls and all(call["mask"] and not call["cudnn"] for call in calls)
 
 
-def test_the_static_cache_allows_cudnn_only_for_its_fixed_shape_decode_steps():
-    """A static cache's decode steps have one shape for the whole run (and a captured step replays its plan): every
-    backend may run there, cuDNN included. Its prefill (a new shape per prompt) keeps cuDNN out."""
+def test_the_kept_static_cache_allows_cudnn_only_for_its_fixed_shape_decode_steps():
+    """The decode steps on generate()'s kept static cache have one shape for every step and run (and a captured step
+    replays its plan): every backend may run there, cuDNN included. The prefill (a new shape per prompt) and a
+    caller's static cache (fill_blanks makes one per batch) keep cuDNN out."""
     calls = generation_calls(cache_implementation="static")
     layers = make_model().config.num_hidden_layers
     prefill, decode = calls[:layers], calls[layers:]
     assert all(call["mask"] for call in calls)
     assert not any(call["cudnn"] for call in prefill)
     assert decode and all(call["cudnn"] and call["query_length"] == 1 for call in decode)
+
+    model = make_model()
+    cache = StaticCache(config=model.config, max_cache_len=64)
+    input_ids, position_ids, block_position_ids, n = default_prompt()
+    options = {"position_ids": position_ids, "block_position_ids": block_position_ids, "prefix_length": n}
+    with recorded_sdpa_calls() as given:
+        model.generate(input_ids, **options, **{GENERATE_CACHE_KWARG: cache}, max_new_tokens=3, min_new_tokens=3)
+    assert given and not any(call["cudnn"] for call in given)
 
 
 def test_the_additive_mask_gives_sdpa_the_outputs_of_the_boolean_mask():

@@ -79,9 +79,10 @@ SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDP
 
 def attention_backends(attn_implementation: str, fixed_shapes: bool = False) -> AbstractContextManager[None]:
     """The SDPA backends for one forward (`SDPA_BACKENDS`); nothing to choose for other implementations or inside a
-    compiled graph (whose kernels were chosen when it was traced). With `fixed_shapes` (a decode step on a static
-    cache: the same shapes at every step, and a captured step replays its plan) every backend may run, cuDNN
-    included: for one query over 512 columns of glm-2b it takes 7 us on an H200, the memory-efficient kernel 18."""
+    compiled graph (whose kernels were chosen when it was traced). With `fixed_shapes` (a decode step of generate()
+    on the static cache it keeps: the same shapes at every step and run, and a captured step replays its plan) every
+    backend may run, cuDNN included: for one query over 512 columns of glm-2b it takes 7 us on an H200, the
+    memory-efficient kernel 18."""
     if attn_implementation != "sdpa" or torch.compiler.is_compiling() or fixed_shapes:
         return nullcontext()
     return sdpa_kernel(SDPA_BACKENDS)
@@ -613,6 +614,10 @@ class GLMModel(GLMPreTrainedModel):
         # Set by `generate()` for its run when every position id it can reach fits the tables: the forward then skips
         # its per-call range check (a host-device sync). Never a model kwarg, so nothing leaks into `generate()`.
         self.positions_prechecked = False
+        # Set by generate() for its decode steps on the static cache it keeps (shapes fixed across steps and runs):
+        # their attention may take cuDNN (`attention_backends`). A caller's cache, whose shapes change from call to
+        # call (fill_blanks makes one per batch), keeps cuDNN out: its first plan for a new shape is slow.
+        self.fixed_shape_decoding = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -706,7 +711,7 @@ class GLMModel(GLMPreTrainedModel):
         attn_implementation = self.config._attn_implementation
         if mask is not None and attn_implementation == "sdpa" and device.type == "cuda":
             mask = additive_attention_mask(mask, inputs_embeds.dtype)  # once here, not in every layer
-        fixed_shapes = query_length == 1 and past_key_values is not None and past_key_values.is_compileable
+        fixed_shapes = self.fixed_shape_decoding and query_length == 1
 
         if output_attentions and self.config._attn_implementation != "eager":
             logger.warning_once(
@@ -991,6 +996,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             return super().generate(inputs, **kwargs)
         finally:
             self.glm.positions_prechecked = False
+            self.glm.fixed_shape_decoding = False
             self.padding_free_generation = False
             self.held_generation_positions = None
             self.static_cache_by_default = False
@@ -1222,6 +1228,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         )
         kept = self.kept_static_cache
         cache_outlives_call = generation_config.return_dict_in_generate or (kept is None or cache is not kept[-1])
+        self.glm.fixed_shape_decoding = not cache_outlives_call
         return decode_on_static_cache(
             self,
             input_ids,
