@@ -332,6 +332,12 @@ class GLMResidualProjection(nn.Linear):
     """
 
 
+def new_cache_positions(query_length: int, past_length: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Cache positions of `query_length` new columns after `past_length` cached ones (a static cache's length is a
+    0-dim device tensor: added on the device, no host sync)."""
+    return torch.arange(query_length, device=device) + past_length
+
+
 def default_position_ids(
     cache_position: torch.Tensor, batch_size: int, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -703,8 +709,6 @@ class GLMModel(GLMPreTrainedModel):
             )
         # A static cache's length is a 0-dim device tensor: added on the device (no host sync; compile traces it).
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if cache_position is None:
-            cache_position = torch.arange(query_length, device=device) + past_length
         if self.config.positions_from_ids:
             position_ids, block_position_ids, prefix_length = self._prompt_positions(
                 input_ids, position_ids, block_position_ids, attention_mask, prefix_length, past_length
@@ -712,6 +716,8 @@ class GLMModel(GLMPreTrainedModel):
         position_ids, block_position_ids, prefix_length = align_positions_to_input(
             position_ids, block_position_ids, prefix_length, query_length, past_length
         )
+        if cache_position is None and position_ids is None:  # made where read: a decode step reads none
+            cache_position = new_cache_positions(query_length, past_length, device)
         position_ids, block_position_ids = self._resolve_positions(
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
@@ -726,7 +732,14 @@ class GLMModel(GLMPreTrainedModel):
             hidden_states = self.embedding_dropout(hidden_states)
 
         mask = self._build_mask(
-            attention_mask, prefix_length, cache_position, past_key_values, batch_size, query_length, past_length
+            attention_mask,
+            prefix_length,
+            cache_position,
+            past_key_values,
+            batch_size,
+            query_length,
+            past_length,
+            device,
         )
 
         attn_implementation = self.config._attn_implementation
@@ -835,13 +848,15 @@ class GLMModel(GLMPreTrainedModel):
         self,
         attention_mask: torch.Tensor | None,
         prefix_length: int | torch.Tensor | None,
-        cache_position: torch.Tensor,
+        cache_position: torch.Tensor | None,
         past_key_values: Cache | None,
         batch_size: int,
         query_length: int,
         past_length: int | torch.Tensor,
+        device: torch.device,
     ) -> torch.Tensor | None:
-        """The boolean [B, 1, T, S] mask every layer uses, or None where every query sees every column.
+        """The boolean [B, 1, T, S] mask every layer uses, or None where every query sees every column. The cache
+        positions of the new columns are made here when not given (`new_cache_positions`) and a mask is needed.
 
         `past_length` is a 0-dim device tensor for a static cache, whose S is its fixed size: nothing here reads it
         back on the host, so decoding on a static cache has no host sync and compiles without graph breaks."""
@@ -859,6 +874,8 @@ class GLMModel(GLMPreTrainedModel):
             return None  # a single new token sees every cached column
         if attention_mask is None and not torch.is_tensor(prefix_length) and prefix_length >= key_length:
             return None  # fully bidirectional
+        if cache_position is None:
+            cache_position = new_cache_positions(query_length, past_length, device)
         if torch.is_tensor(prefix_length):
             prefix = prefix_length.to(cache_position.device).reshape(-1).expand(batch_size)
         else:  # filled on the device: a tensor made from a Python int would be a host-to-device copy (a sync)
