@@ -94,7 +94,7 @@ def test_infill_benchmark_quick_run_prints_its_ratio_and_writes_its_section(tmp_
 
 # ATen ops of the benchmark's decode step (per layer, outside the layers) by torch release, as measured at the two ends
 # of the supported range (the decompositions differ: torch 2.6 slices and views more): at most these.
-OPS_PER_LAYER = {(2, 13): (39, 13), (2, 6): (45, 15)}
+OPS_PER_LAYER = {(2, 13): (39, 11), (2, 6): (41, 13)}
 TORCH_RELEASE = tuple(int(part) for part in torch.__version__.split(".")[:2])
 
 
@@ -106,7 +106,7 @@ def test_a_decode_step_dispatches_no_more_aten_ops_than_pinned(benchmarks: None)
     """The host-overhead benchmark's operator count, which is exact on every machine with the same torch: more work
     per layer of a decode step fails here, not only in a noisy timing. 40 per layer at d81a4e1 (torch 2.13); 39 since
     attention calls SDPA directly (a steady step, without the cache growth that the first step after a prompt pays,
-    dispatches 33)."""
+    dispatches 33). On torch 2.6, 41 since the cache writes through `narrow` (45 with Ellipsis indexing)."""
     import bench_host_overhead
 
     two, four = (bench_host_overhead.ops_of_one_step(layers, width=64) for layers in (2, 4))

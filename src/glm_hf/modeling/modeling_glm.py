@@ -75,6 +75,7 @@ def keep_logit_columns(hidden_states: torch.Tensor, logits_to_keep: int | torch.
 # plan for every new key length (about 0.5 ms of host time per call on an H200), i.e. at every decode step of every
 # layer on a growing cache.
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+NO_CONTEXT = nullcontext()  # reusable: entering it does nothing
 
 
 def attention_backends(attn_implementation: str, fixed_shapes: bool = False) -> AbstractContextManager[None]:
@@ -136,6 +137,13 @@ def sdpa_attention_forward(
 
 # GLM's own attention functions; any other implementation is looked up in transformers' registry.
 GLM_ATTENTION_FUNCTIONS: dict[str, Callable] = {"eager": eager_attention_forward, "sdpa": sdpa_attention_forward}
+
+
+def resolve_attention_interface(attn_implementation: str) -> Callable:
+    """The attention function of an implementation: GLM's own, else the one registered in transformers."""
+    return GLM_ATTENTION_FUNCTIONS.get(attn_implementation) or ALL_ATTENTION_FUNCTIONS.get_interface(
+        attn_implementation, eager_attention_forward
+    )
 
 
 def build_glm_attention_mask(
@@ -206,11 +214,14 @@ class GLMDynamicLayer(DynamicLayer):
         self.key_buffer: torch.Tensor | None = None
         self.value_buffer: torch.Tensor | None = None
         self._written: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # the views last handed out
+        # The shapes, dtype and device of the states last written in place (they fit the buffers).
+        self._written_layout: tuple[torch.Size, torch.Size, torch.dtype, torch.device] | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         self.key_buffer = self.value_buffer = None
         self._written = (None, None)
+        self._written_layout = None
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -218,20 +229,37 @@ class GLMDynamicLayer(DynamicLayer):
         if key_states.requires_grad or value_states.requires_grad:
             # Autograd keeps the views a step returns; writing later tokens into their buffer would corrupt them.
             return super().update(key_states, value_states, *args, **kwargs)
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length = self.get_seq_length()
-        total = length + key_states.shape[-2]
-        if not self._buffers_hold(key_states, value_states, total):
-            capacity = total if length == 0 else total + max(self.min_growth, total // 4)
-            self.key_buffer = self._grown(self.keys, key_states, length, capacity)
-            self.value_buffer = self._grown(self.values, value_states, length, capacity)
-        self.key_buffer[..., length:total, :].copy_(key_states)
-        self.value_buffer[..., length:total, :].copy_(value_states)
-        self.keys = self.key_buffer[..., :total, :]
-        self.values = self.value_buffer[..., :total, :]
+        new_columns = key_states.shape[-2]
+        if self._next_step_fits(key_states, value_states):  # a decode step like the last one: plain comparisons
+            length = self.keys.shape[-2]
+        else:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = self.get_seq_length()
+            total = length + new_columns
+            if not self._buffers_hold(key_states, value_states, total):
+                capacity = total if length == 0 else total + max(self.min_growth, total // 4)
+                self.key_buffer = self._grown(self.keys, key_states, length, capacity)
+                self.value_buffer = self._grown(self.values, value_states, length, capacity)
+            self._written_layout = (key_states.shape, value_states.shape, key_states.dtype, key_states.device)
+        total = length + new_columns
+        self.key_buffer.narrow(-2, length, new_columns).copy_(key_states)
+        self.value_buffer.narrow(-2, length, new_columns).copy_(value_states)
+        self.keys = self.key_buffer.narrow(-2, 0, total)
+        self.values = self.value_buffer.narrow(-2, 0, total)
         self._written = (self.keys, self.values)
         return self.keys, self.values
+
+    def _next_step_fits(self, key_states: torch.Tensor, value_states: torch.Tensor) -> bool:
+        """Whether `keys` and `values` are still the views last handed out, the new states are shaped and placed like
+        the last ones written (so they fit the buffers' layout) and there is room for them."""
+        written_keys, written_values = self._written
+        return (
+            self.keys is written_keys
+            and self.values is written_values
+            and (key_states.shape, value_states.shape, key_states.dtype, key_states.device) == self._written_layout
+            and written_keys.shape[-2] + key_states.shape[-2] <= self.key_buffer.shape[-2]
+        )
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the buffers, spare columns included, so that the next token is still written in place (one copy
@@ -300,12 +328,27 @@ class GLMDynamicCache(DynamicCache):
         super().__init__(config=config)
         self.layers = [GLMDynamicLayer() for _ in self.layers]
 
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's update, called directly when there is nothing else to do (no offloading, the layer exists):
+        one Python call less in every layer of every decode step."""
+        if self.offloading or layer_idx >= len(self.layers):
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        return self.layers[layer_idx].update(key_states, value_states, *args, **kwargs)
+
 
 class GLMResidualProjection(nn.Linear):
     """A projection that writes into the residual stream (attention `dense`, MLP `dense_4h_to_h`).
 
     Identical to `nn.Linear`; the type only tells `_init_weights` to use the original's scaled std.
     """
+
+
+def new_cache_positions(query_length: int, past_length: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Cache positions of `query_length` new columns after `past_length` cached ones (a static cache's length is a
+    0-dim device tensor: added on the device, no host sync)."""
+    return torch.arange(query_length, device=device) + past_length
 
 
 def default_position_ids(
@@ -478,9 +521,12 @@ class GLMAttention(nn.Module):
         attention_mask: torch.Tensor | None,
         past_key_values: Cache | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_interface: Callable | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`position_embeddings`: the rotary `(cos, sin)` of a rotary-position model (ChatGLM), else None."""
+        """`position_embeddings`: the rotary `(cos, sin)` of a rotary-position model (ChatGLM), else None.
+        `attention_interface`: the attention function, resolved once per forward by `GLMModel` (reading the config
+        in every layer costs host time at every decode step); looked up here when not given."""
         batch_size, query_length, _ = hidden_states.shape
         qkv_shape = (batch_size, query_length, 3, -1, self.head_dim)
         query_states, key_states, value_states = (
@@ -495,13 +541,11 @@ class GLMAttention(nn.Module):
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
-        attn_implementation = self.config._attn_implementation
-        attention_interface: Callable = GLM_ATTENTION_FUNCTIONS.get(attn_implementation) or (
-            ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
-        )
+        if attention_interface is None:
+            attention_interface = resolve_attention_interface(self.config._attn_implementation)
         # In training, activation checkpointing recomputes this call in the backward pass, outside the model's
         # `attention_backends`: choose them here too, so that the recomputation takes the forward's backend.
-        backends = attention_backends(attn_implementation) if self.training else nullcontext()
+        backends = attention_backends(self.config._attn_implementation) if self.training else NO_CONTEXT
         with backends:
             attn_output, attn_weights = attention_interface(
                 self,
@@ -513,8 +557,7 @@ class GLMAttention(nn.Module):
                 scaling=self.scaling,
                 **kwargs,
             )
-        attn_output = attn_output.reshape(batch_size, query_length, -1)
-        return self.dense(attn_output), attn_weights
+        return self.dense(attn_output.reshape(batch_size, query_length, -1)), attn_weights
 
 
 class GLMMLP(nn.Module):
@@ -543,10 +586,6 @@ class GLMBlock(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.deepnorm_alpha = config.deepnorm_alpha
 
-    def _residual(self, hidden_states: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
-        """What the branch output is added to: the block input (GLM) or DeepNorm's scaled normalised input."""
-        return hidden_states if self.deepnorm_alpha is None else normed * self.deepnorm_alpha
-
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -554,17 +593,20 @@ class GLMBlock(GradientCheckpointingLayer):
         past_key_values: Cache | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The branches inline (no helper calls, no dropout module call in eval, where it is the identity): this runs
+        in every layer of every decode step."""
+        alpha = self.deepnorm_alpha
         normed = self.input_layernorm(hidden_states)
         attn_output, attn_weights = self.attention(normed, attention_mask, past_key_values=past_key_values, **kwargs)
-        hidden_states = self._residual(hidden_states, normed) + self.dropout_in_training(attn_output)
+        if self.training:
+            attn_output = self.dropout(attn_output)
+        hidden_states = (hidden_states if alpha is None else normed * alpha) + attn_output
 
         normed = self.post_attention_layernorm(hidden_states)
-        hidden_states = self._residual(hidden_states, normed) + self.dropout_in_training(self.mlp(normed))
-        return hidden_states, attn_weights
-
-    def dropout_in_training(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """`self.dropout` in training; in eval, where it is the identity, no module call (twice per layer and step)."""
-        return self.dropout(hidden_states) if self.training else hidden_states
+        mlp_output = self.mlp(normed)
+        if self.training:
+            mlp_output = self.dropout(mlp_output)
+        return (hidden_states if alpha is None else normed * alpha) + mlp_output, attn_weights
 
 
 class GLMPreTrainedModel(PreTrainedModel):
@@ -684,8 +726,6 @@ class GLMModel(GLMPreTrainedModel):
             )
         # A static cache's length is a 0-dim device tensor: added on the device (no host sync; compile traces it).
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if cache_position is None:
-            cache_position = torch.arange(query_length, device=device) + past_length
         if self.config.positions_from_ids:
             position_ids, block_position_ids, prefix_length = self._prompt_positions(
                 input_ids, position_ids, block_position_ids, attention_mask, prefix_length, past_length
@@ -693,6 +733,8 @@ class GLMModel(GLMPreTrainedModel):
         position_ids, block_position_ids, prefix_length = align_positions_to_input(
             position_ids, block_position_ids, prefix_length, query_length, past_length
         )
+        if cache_position is None and position_ids is None:  # made where read: a decode step reads none
+            cache_position = new_cache_positions(query_length, past_length, device)
         position_ids, block_position_ids = self._resolve_positions(
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
@@ -703,21 +745,29 @@ class GLMModel(GLMPreTrainedModel):
         else:  # rotary: the angles of these positions, applied to query and key in every layer
             hidden_states = inputs_embeds
             kwargs["position_embeddings"] = self.rotary_emb(position_ids, block_position_ids, inputs_embeds.dtype)
-        hidden_states = self.embedding_dropout(hidden_states)
+        if self.training:  # the identity in eval: no module call per decode step
+            hidden_states = self.embedding_dropout(hidden_states)
 
         mask = self._build_mask(
-            attention_mask, prefix_length, cache_position, past_key_values, batch_size, query_length, past_length
+            attention_mask,
+            prefix_length,
+            cache_position,
+            past_key_values,
+            batch_size,
+            query_length,
+            past_length,
+            device,
         )
         attn_implementation = self.config._attn_implementation
         if mask is not None and attn_implementation == "sdpa" and device.type == "cuda":
             mask = additive_attention_mask(mask, inputs_embeds.dtype)  # once here, not in every layer
         fixed_shapes = self.fixed_shape_decoding and query_length == 1
-
-        if output_attentions and self.config._attn_implementation != "eager":
+        if output_attentions and attn_implementation != "eager":
             logger.warning_once(
-                f"output_attentions=True needs attn_implementation='eager'; {self.config._attn_implementation} "
+                f"output_attentions=True needs attn_implementation='eager'; {attn_implementation} "
                 "returns None for the attention weights."
             )
+        attention_interface = resolve_attention_interface(attn_implementation)  # once, not in every layer
         all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
         all_attentions: tuple[torch.Tensor | None, ...] | None = () if output_attentions else None
         with attention_backends(attn_implementation, fixed_shapes):
@@ -728,6 +778,7 @@ class GLMModel(GLMPreTrainedModel):
                     hidden_states,
                     attention_mask=mask,
                     past_key_values=past_key_values,  # a given cache is read (and extended) even with use_cache=False
+                    attention_interface=attention_interface,
                     **kwargs,
                 )
                 if all_attentions is not None:
@@ -816,13 +867,15 @@ class GLMModel(GLMPreTrainedModel):
         self,
         attention_mask: torch.Tensor | None,
         prefix_length: int | torch.Tensor | None,
-        cache_position: torch.Tensor,
+        cache_position: torch.Tensor | None,
         past_key_values: Cache | None,
         batch_size: int,
         query_length: int,
         past_length: int | torch.Tensor,
+        device: torch.device,
     ) -> torch.Tensor | None:
-        """The boolean [B, 1, T, S] mask every layer uses, or None where every query sees every column.
+        """The boolean [B, 1, T, S] mask every layer uses, or None where every query sees every column. The cache
+        positions of the new columns are made here when not given (`new_cache_positions`) and a mask is needed.
 
         `past_length` is a 0-dim device tensor for a static cache, whose S is its fixed size: nothing here reads it
         back on the host, so decoding on a static cache has no host sync and compiles without graph breaks."""
@@ -840,6 +893,8 @@ class GLMModel(GLMPreTrainedModel):
             return None  # a single new token sees every cached column
         if attention_mask is None and not torch.is_tensor(prefix_length) and prefix_length >= key_length:
             return None  # fully bidirectional
+        if cache_position is None:
+            cache_position = new_cache_positions(query_length, past_length, device)
         if torch.is_tensor(prefix_length):
             prefix = prefix_length.to(cache_position.device).reshape(-1).expand(batch_size)
         else:  # filled on the device: a tensor made from a Python int would be a host-to-device copy (a sync)
