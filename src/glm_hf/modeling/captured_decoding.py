@@ -15,6 +15,8 @@ at every step (its stop check reads a device flag). Here, on a static cache:
   one. The one step too many is undone; where the cache outlives the call (a caller's or a returned one), the flag
   is read at every step instead, so that the cache holds exactly the columns transformers' loop would leave.
 
+A step that cannot be captured (a host read somewhere in the forward) runs eagerly, with a warning naming the error.
+
 On the CPU the same loop runs the step eagerly. Token selection, logits processors, stopping criteria and streamers
 are transformers' own, called as `GenerationMixin._sample` calls them: the tokens are the same.
 """
@@ -76,9 +78,12 @@ def compiled_last_column_logits(model: GLMForConditionalGeneration, generation_c
     """`last_column_logits` compiled with the generation config's options, minus torch.compile's CUDA graphs (the
     captured step is one graph already), kept on the model so that later runs reuse the compiled code."""
     options = generation_config.compile_config.to_dict() if generation_config.compile_config is not None else {}
-    mode = options.get("mode") or "default"
-    options["mode"] = "max-autotune-no-cudagraphs" if mode.startswith("max-autotune") else "default"
     options = {key: options[key] for key in ("fullgraph", "dynamic", "backend", "mode", "options") if key in options}
+    if options.get("options"):  # inductor options instead of a mode (torch.compile takes one of the two)
+        options.pop("mode", None)
+    else:
+        mode = options.get("mode") or "default"
+        options["mode"] = "max-autotune-no-cudagraphs" if mode.startswith("max-autotune") else "default"
     key = tuple(sorted((name, repr(value)) for name, value in options.items()))
     cached = getattr(model, "_compiled_decode_step", None)
     if cached is None or cached[0] != key:
