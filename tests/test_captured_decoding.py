@@ -290,3 +290,43 @@ def test_runs_in_and_out_of_inference_mode_keep_caches_of_their_own() -> None:
         assert model.generate(**inputs, cache_implementation="static", **GREEDY).tolist() == expected
     assert model.generate(**inputs, cache_implementation="static", **GREEDY).tolist() == expected
     assert model.kept_static_cache[3] is False
+
+
+def test_streamed_tokens_are_those_of_transformers_loop(monkeypatch, loop_calls) -> None:
+    """A streamer reads every token as it comes (the stop flag is then read at every step): the same tokens, once
+    each, and one end."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.chunks: list[list[int]] = []
+            self.ended = 0
+
+        def put(self, value: torch.Tensor) -> None:
+            self.chunks.append(value.reshape(-1).tolist())
+
+        def end(self) -> None:
+            self.ended += 1
+
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    eos = eos_after(model, inputs, steps=3, row=0)
+    options = {"cache_implementation": "static", "eos_token_id": eos, "max_new_tokens": 10}
+    ours, theirs = Recorder(), Recorder()
+    tokens = model.generate(**inputs, streamer=ours, **options)
+    with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, streamer=theirs, **options))
+    assert len(loop_calls) == 1
+    assert ours.chunks == theirs.chunks and ours.ended == theirs.ended == 1
+    assert sum(ours.chunks[1:], []) == tokens[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_quantized_or_offloaded_models_are_not_captured() -> None:
+    """Quantized weights (kernels that may not be capturable) and weights a device map offloads (moved in at every
+    forward) keep the step eager, and keep the CUDA default on the dynamic cache."""
+    model = tiny_model()
+    assert captured_decoding.graph_capture_supported(model)
+    model.hf_device_map = {"glm.layers.0": 0, "glm.layers.1": "cpu"}
+    assert not captured_decoding.graph_capture_supported(model)
+    model.hf_device_map = {"": 0}
+    assert captured_decoding.graph_capture_supported(model)
+    model.hf_quantizer = object()
+    assert not captured_decoding.graph_capture_supported(model)

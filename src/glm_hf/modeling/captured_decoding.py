@@ -121,7 +121,7 @@ class CapturedDecodeStep:
         self.prefix_length = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.capture = device.type == "cuda"
+        self.capture = device.type == "cuda" and graph_capture_supported(model)
         self.warmup_left = COMPILED_WARMUP_STEPS if forward is not last_column_logits else WARMUP_STEPS
         self.parameter_pointers = parameter_pointers(model)
         self.inference_mode = torch.is_inference_mode_enabled()  # its buffers can only be written in the same mode
@@ -216,6 +216,16 @@ class CapturedDecodeStep:
             return
         self.graph = graph
         graph.replay()
+
+
+def graph_capture_supported(model: nn.Module) -> bool:
+    """Whether a CUDA graph may hold the model's step: not with quantized weights (their kernels may not be
+    capturable, transformers does not compile them either) nor with weights offloaded by a device map (moved in at
+    every forward)."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        return False
+    devices = {str(device) for device in getattr(model, "hf_device_map", {}).values()}
+    return len(devices) <= 1 and not devices & {"cpu", "disk"}
 
 
 def parameter_pointers(model: nn.Module) -> tuple[int, ...]:

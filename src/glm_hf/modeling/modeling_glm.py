@@ -38,7 +38,12 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
 
-from .captured_decoding import DecodeSteps, decode_on_static_cache, static_cache_loop_applies
+from .captured_decoding import (
+    DecodeSteps,
+    decode_on_static_cache,
+    graph_capture_supported,
+    static_cache_loop_applies,
+)
 from .chatglm_positions import chatglm_context_lengths, chatglm_position_ids, chatglm_step_position_ids
 from .chatglm_rotary import ChatGLMRotaryEmbedding, apply_rotary
 from .configuration_glm import GLMConfig
@@ -1229,7 +1234,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
         not compiled), anywhere with `cache_implementation="static"` (compiled where transformers compiles)."""
         if generation_config.cache_implementation is None:
-            if self.device.type != "cuda" or generation_config.use_cache is False:
+            if self.device.type != "cuda" or generation_config.use_cache is False or not graph_capture_supported(self):
                 return False
         elif generation_config.cache_implementation != "static":
             return False
