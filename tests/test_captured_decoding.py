@@ -172,6 +172,8 @@ def test_the_kept_cache_and_step_serve_later_runs_of_other_lengths() -> None:
     assert all(cache is caches[0] for cache in caches) and all(step is steps[0] for step in steps)
     model.generate(**blank_inputs(batch_size=1, part_b=1), cache_implementation="static", **GREEDY)
     assert model.kept_static_cache[-1] is not caches[0]
+    model.generate(**blank_inputs(batch_size=1, part_b=1), cache_implementation="static", max_cache_len=600, **GREEDY)
+    assert model.kept_static_cache[-1].get_max_length() == 3 * modeling_glm.STATIC_CACHE_COLUMNS  # asked for 600
 
 
 def test_several_sequences_per_prompt_fill_a_cache_of_their_own_batch() -> None:

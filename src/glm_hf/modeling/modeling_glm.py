@@ -1205,7 +1205,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         own_static = given is None and self._keeps_static_cache(generation_config, generation_mode)
         if own_static:  # whole multiples of STATIC_CACHE_COLUMNS: runs of other lengths fit the same cache and graph
-            columns = -(-max_cache_length // STATIC_CACHE_COLUMNS) * STATIC_CACHE_COLUMNS
+            columns = max(max_cache_length, getattr(generation_config, "max_cache_len", None) or 0)
+            columns = -(-columns // STATIC_CACHE_COLUMNS) * STATIC_CACHE_COLUMNS
             rows = batch_size * generation_config.num_return_sequences  # the batch the cache is filled with
             model_kwargs[GENERATE_CACHE_KWARG] = self._kept_static_cache(rows, columns)
             self.static_cache_by_default = generation_config.cache_implementation is None
