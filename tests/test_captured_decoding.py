@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from test_fast_decoding import HostReads, left_padded_prompts
+from test_generation_mixin import TokenRecorder
 from transformers.cache_utils import StaticCache
 
 import glm_hf
@@ -298,22 +299,11 @@ def test_streamed_tokens_are_those_of_transformers_loop(monkeypatch, loop_calls)
     """A streamer reads every token as it comes (the stop flag is then read at every step): the same tokens, once
     each, and one end."""
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.chunks: list[list[int]] = []
-            self.ended = 0
-
-        def put(self, value: torch.Tensor) -> None:
-            self.chunks.append(value.reshape(-1).tolist())
-
-        def end(self) -> None:
-            self.ended += 1
-
     model = tiny_model()
     inputs = blank_inputs(batch_size=1, part_b=1)
     eos = eos_after(model, inputs, steps=3, row=0)
     options = {"cache_implementation": "static", "eos_token_id": eos, "max_new_tokens": 10}
-    ours, theirs = Recorder(), Recorder()
+    ours, theirs = TokenRecorder(), TokenRecorder()
     tokens = model.generate(**inputs, streamer=ours, **options)
     with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, streamer=theirs, **options))
     assert len(loop_calls) == 1
