@@ -322,3 +322,23 @@ def test_quantized_or_offloaded_models_are_not_captured() -> None:
     assert captured_decoding.graph_capture_supported(model)
     model.hf_quantizer = object()
     assert not captured_decoding.graph_capture_supported(model)
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch, caplog) -> None:
+    """Capture refused (as CUDA refuses a host read during capture): the run goes on eagerly, same tokens, and says
+    why once."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    options = {"cache_implementation": "static", "min_new_tokens": 8, **GREEDY}
+    expected = model.generate(**inputs, **options).tolist()
+    step = model.decode_steps[model.kept_static_cache[-1]]
+    step.capture, step.warmup_left = True, 0  # what a CUDA step is after its warm-up
+
+    def refusing_capture(graph: object) -> Any:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", refusing_capture)
+    assert model.generate(**inputs, **options).tolist() == expected
+    assert step.graph is None and step.capture is False
+    assert "could not be captured as a CUDA graph (operation not permitted" in caplog.text
