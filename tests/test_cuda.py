@@ -52,7 +52,7 @@ class AttentionCalls(TorchDispatchMode):
 
 
 def test_cudnn_attention_runs_only_where_shapes_stay_fixed():
-    """cuDNN re-plans for every new key length: never on the dynamic cache, nor for a prefill; the static cache's
+    """cuDNN re-plans for every new key length: never on the dynamic cache, nor for a prefill; the kept static cache's
     decode steps (the default on CUDA) have one shape for the whole run and may use it."""
     model = tiny_model().cuda().half()
     inputs = prompt_of(9)
