@@ -205,10 +205,12 @@ def test_a_step_is_rebuilt_when_the_weights_move() -> None:
 
 
 def test_runs_that_need_transformers_loop_take_it(loop_calls) -> None:
-    """Beams, per-step hidden states and the dynamic cache (the CPU default) keep transformers' loop."""
+    """Beams, per-step hidden states, no cache and the dynamic cache (the CPU default) keep transformers' loop."""
     model = tiny_model()
     inputs = blank_inputs(batch_size=1, part_b=1)
     model.generate(**inputs, **GREEDY)
+    model.generate(**inputs, cache_implementation="static", use_cache=False, **GREEDY)
+    assert model.kept_static_cache is None
     model.generate(**inputs, cache_implementation="static", num_beams=2, **GREEDY)
     model.generate(
         **inputs,

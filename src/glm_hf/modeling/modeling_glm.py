@@ -1235,12 +1235,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
         not compiled), anywhere with `cache_implementation="static"` (compiled where transformers compiles)."""
         if generation_config.cache_implementation is None:
-            if self.device.type != "cuda" or generation_config.use_cache is False or not graph_capture_supported(self):
+            if self.device.type != "cuda" or not graph_capture_supported(self):
                 return False
         elif generation_config.cache_implementation != "static":
             return False
         return (
-            generation_mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
+            generation_config.use_cache is not False
+            and generation_mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
             and not generation_config.return_dict_in_generate
             and not generation_config.is_assistant
             and generation_config.prefill_chunk_size is None
