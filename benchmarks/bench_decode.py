@@ -60,6 +60,7 @@ from transformers.cache_utils import DynamicCache
 
 from glm_hf import PRESETS, GLMConfig, GLMForConditionalGeneration
 from glm_hf.modeling.configuration_glm import SWITCH_PRESETS
+from glm_hf.modeling.modeling_glm import CACHE_OUTPUT_FIELD, GENERATE_CACHE_KWARG
 
 SECTIONS = ("throughput", "fast-paths", "recompute", "memory")
 
@@ -269,7 +270,7 @@ def measure_decode(
     cache_factory = options.pop("cache_factory", None)
 
     def run(count: int) -> None:
-        cache = {"past_key_values": cache_factory(config=model.config)} if cache_factory else {}
+        cache = {GENERATE_CACHE_KWARG: cache_factory(config=model.config)} if cache_factory else {}
         with torch.inference_mode():
             output["ids"] = model.generate(
                 **prompts,
@@ -523,12 +524,16 @@ def memory_probe(args: argparse.Namespace) -> None:
         baseline = current_memory(args.device)
         reset_peak_memory(args.device)
         context = {name: value[:, :-1] if torch.is_tensor(value) else value for name, value in inputs.items()}
-        cache = model(**context, use_cache=True, logits_to_keep=1).past_key_values
+        cache = getattr(model(**context, use_cache=True, logits_to_keep=1), CACHE_OUTPUT_FIELD)
         prefill_peak = peak_memory(args.device) - baseline
         reset_peak_memory(args.device)
         new_tokens = workload["new_tokens"]
         model.generate(
-            **inputs, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None
+            **inputs,
+            **{GENERATE_CACHE_KWARG: cache},
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            eos_token_id=None,
         )
         decode_peak = peak_memory(args.device) - baseline
         # The storage behind keys and values: GLMDynamicCache's spare columns included.
