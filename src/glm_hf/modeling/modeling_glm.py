@@ -941,8 +941,6 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.padding_free_generation = False  # set by generate() for its run when no padding mask was given
         # Set by generate() for its run on a 1-D ChatGLM: [B, 1] position every new token takes (the mask's index).
         self.held_generation_positions: torch.Tensor | None = None
-        # Set by generate() for a run on the static cache it chose itself on CUDA (not asked to compile).
-        self.static_cache_by_default = False
         # The static cache of generate()'s own static runs, kept for the next run that fits: (batch, dtype, device,
         # whether made in inference mode, cache).
         self.kept_static_cache: tuple[int, torch.dtype, torch.device, bool, StaticCache] | None = None
@@ -1059,7 +1057,6 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             self.glm.fixed_shape_decoding = False
             self.padding_free_generation = False
             self.held_generation_positions = None
-            self.static_cache_by_default = False
 
     def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
         """The one-token prompt `generate()` starts from when given no input: [bos] per row (rows as many as a
@@ -1209,7 +1206,6 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             columns = -(-columns // STATIC_CACHE_COLUMNS) * STATIC_CACHE_COLUMNS
             rows = batch_size * generation_config.num_return_sequences  # the batch the cache is filled with
             model_kwargs[GENERATE_CACHE_KWARG] = self._kept_static_cache(rows, columns)
-            self.static_cache_by_default = generation_config.cache_implementation is None
         else:
             super()._prepare_cache_for_generation(
                 generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
@@ -1285,11 +1281,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 streamer=streamer,
                 **model_kwargs,
             )
-        compile_step = not self.static_cache_by_default and self._valid_auto_compile_criteria(
-            model_kwargs, generation_config
-        )
-        kept = self.kept_static_cache
-        cache_outlives_call = generation_config.return_dict_in_generate or (kept is None or cache is not kept[-1])
+        kept = self.kept_static_cache is not None and cache is self.kept_static_cache[-1]
+        # The kept cache without `cache_implementation`: the CUDA default, whose step is captured, not compiled.
+        chosen_by_default = kept and generation_config.cache_implementation is None
+        compile_step = not chosen_by_default and self._valid_auto_compile_criteria(model_kwargs, generation_config)
+        cache_outlives_call = generation_config.return_dict_in_generate or not kept
         self.glm.fixed_shape_decoding = not cache_outlives_call
         return decode_on_static_cache(
             self,
