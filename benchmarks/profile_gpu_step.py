@@ -39,7 +39,7 @@ def graph_seconds(body, replays: int = 100) -> float:
     return (time.perf_counter() - start) / replays
 
 
-def kernel_table(model, step, label: str) -> None:
+def kernel_table(step, label: str) -> None:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             step._run()
@@ -87,7 +87,7 @@ def main() -> None:
             cache = model.kept_static_cache[-1]
             step = model.decode_steps[cache]
             model.glm.positions_prechecked = True
-            kernel_table(model, step, label)
+            kernel_table(step, label)
 
     hidden, inter = config.hidden_size, config.intermediate_size
     print("\n== linear layers at batch 1: 8 copies of each weight in turn (beyond the L2 cache), CUDA graph")

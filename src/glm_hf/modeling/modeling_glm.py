@@ -130,7 +130,8 @@ def sdpa_attention_forward(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """`scaled_dot_product_attention` with GLM's boolean mask; the output [B, T, heads, head_dim] is a view.
+    """`scaled_dot_product_attention` with GLM's mask (boolean; on CUDA its additive form, converted once per
+    forward by `GLMModel`); the output [B, T, heads, head_dim] is a view.
 
     The same kernel call as transformers' `sdpa_attention_forward`, without its checks for what GLM never has (grouped
     heads, a causal flag, position biases): those cost host time in every layer of every decode step."""
