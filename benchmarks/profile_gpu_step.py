@@ -86,7 +86,7 @@ def main() -> None:
             model.generate(**inputs, **settings, **options)
             cache = model.kept_static_cache[-1]
             step = model.decode_steps[cache]
-            model.glm.positions_prechecked = True
+            model.glm.run_flags.positions_prechecked = True
             kernel_table(step, label)
 
     hidden, inter = config.hidden_size, config.intermediate_size

@@ -60,6 +60,30 @@ def tiny_model(
     ).eval()
 
 
+def tiny_chatglm(block_position_encoding: bool = True) -> glm_hf.GLMForConditionalGeneration:
+    """A random tiny ChatGLM (rotary positions read from the ids, [gMASK] 90, [sop] 5), 2-D or 1-D positions."""
+    config = glm_hf.GLMConfig.from_preset(
+        "chatglm-6b",
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=64,
+        block_position_encoding=block_position_encoding,
+        bos_token_id=5,
+        eos_token_id=6,
+        sop_token_id=5,
+        eop_token_id=6,
+        mask_token_id=89,
+        gmask_token_id=90,
+        smask_token_id=91,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    return glm_hf.GLMForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
+
+
 def blank_inputs(batch_size: int = 2, part_a: int = 9, part_b: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
     """A GLM batch with one blank per sample: Part A (random ids, a [MASK]) then [sop] + Part B tokens."""
     generator = torch.Generator().manual_seed(seed)

@@ -19,7 +19,7 @@ import glm_hf
 from glm_hf.modeling import captured_decoding, modeling_glm
 from glm_hf.modeling.modeling_glm import GENERATE_CACHE_KWARG
 
-from conftest import TINY_TOKEN_IDS, blank_inputs, tiny_model, tiny_word_tokenizer
+from conftest import TINY_TOKEN_IDS, blank_inputs, tiny_chatglm, tiny_model, tiny_word_tokenizer
 
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
 
@@ -228,7 +228,7 @@ def test_a_step_reads_nothing_back_to_the_host() -> None:
     inputs = left_padded_prompts()
     model.generate(**inputs, cache_implementation="static", **GREEDY)
     step = model.decode_steps[model.kept_static_cache[-1]]
-    model.glm.positions_prechecked = True  # what generate() sets after its check up front
+    model.glm.run_flags.positions_prechecked = True  # what generate() sets after its check up front
     with HostReads() as reads:
         step(torch.tensor([7, 8]))
     assert reads.calls == []
@@ -237,26 +237,7 @@ def test_a_step_reads_nothing_back_to_the_host() -> None:
 @pytest.mark.parametrize("block_position_encoding", [True, False], ids=["2-D", "1-D"])
 def test_chatglm_generates_like_transformers_loop(monkeypatch, loop_calls, block_position_encoding: bool) -> None:
     """Rotary positions read from the ids ([gMASK] ... [sop]), 2-D and 1-D (held positions)."""
-    config = glm_hf.GLMConfig.from_preset(
-        "chatglm-6b",
-        vocab_size=96,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=64,
-        block_position_encoding=block_position_encoding,
-        bos_token_id=5,
-        eos_token_id=6,
-        sop_token_id=5,
-        eop_token_id=6,
-        mask_token_id=89,
-        gmask_token_id=90,
-        smask_token_id=91,
-        initializer_range=0.3,
-    )
-    torch.manual_seed(0)
-    model = glm_hf.GLMForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
+    model = tiny_chatglm(block_position_encoding)
     ids = torch.tensor([[11, 12, 13, 90, 5], [21, 22, 23, 90, 5]])
     options = {"cache_implementation": "static", "min_new_tokens": 6, **GREEDY}
     ours = model.generate(ids, **options)

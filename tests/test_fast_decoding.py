@@ -92,7 +92,7 @@ def test_a_decode_forward_runs_on_the_meta_device(static: bool) -> None:
     inputs = {name: value.to("meta") for name, value in blank_inputs(batch_size=2, part_b=1).items()}
     length = inputs["input_ids"].shape[1]
     cache = StaticCache(config=model.config, max_cache_len=16) if static else DynamicCache(config=model.config)
-    model.glm.positions_prechecked = True  # what generate() sets for its run after one check up front
+    model.glm.run_flags.positions_prechecked = True  # what generate() sets for its run after one check up front
     model(**inputs, past_key_values=cache, use_cache=True)
     step = {
         "input_ids": torch.zeros(2, 1, dtype=torch.long, device="meta"),
@@ -103,7 +103,7 @@ def test_a_decode_forward_runs_on_the_meta_device(static: bool) -> None:
     }
     logits = model(**step, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
     assert logits.shape == (2, 1, model.config.vocab_size)
-    model.glm.positions_prechecked = False
+    model.glm.run_flags.positions_prechecked = False
     with pytest.raises(RuntimeError, match="meta"):  # the per-call check reads a value: it cannot run here
         model(**step, past_key_values=cache, use_cache=True)
 

@@ -145,7 +145,7 @@ def register_glm_with_peft() -> bool:
                 positions_from_ids=self.get_base_model().config.positions_from_ids,
             )
             # generate() checked the ids before they moved by n: the forward checks them again
-            self.get_base_model().base_model.positions_prechecked = False
+            self.get_base_model().base_model.run_flags.positions_prechecked = False
             return None
 
         adjust_prompt_learning_kwargs._glm_hf_original = adjust  # type: ignore[attr-defined]

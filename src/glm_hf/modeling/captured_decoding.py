@@ -168,7 +168,7 @@ class CapturedDecodeStep:
         self.tokens.copy_(tokens.view(-1, 1))
         if self.graph is not None:
             self.graph.replay()
-        elif not self.capture or not self.model.glm.positions_prechecked or self.model.training:
+        elif not self.capture or not self.model.glm.run_flags.positions_prechecked or self.model.training:
             self._run()  # no graph: on the CPU; with a per-step position check (a host sync); with dropout
         elif self.warmup_left > 0:
             self.warmup_left -= 1
@@ -361,7 +361,7 @@ def start_step(
         min(capacity, first_column + 1 + max_length - input_ids.shape[1]),
         model._held_positions(batch_size),
     )
-    attention_mask = None if model.padding_free_generation else model_kwargs.get("attention_mask")
+    attention_mask = None if model.glm.run_flags.padding_free else model_kwargs.get("attention_mask")
     prefix_length = model_kwargs.get("prefix_length")
     forward = compiled_last_column_logits(model, generation_config) if compile_step else last_column_logits
     kinds = (batch_size, block_positions is not None, attention_mask is not None, forward)
@@ -374,8 +374,11 @@ def start_step(
 
 
 class DecodeSteps(weakref.WeakKeyDictionary):
-    """The model's captured decode steps, by cache: a step lives as long as its cache. Not copied with the model
-    (a graph is bound to the weights it was captured over)."""
+    """The model's captured decode steps, by cache: a step lives as long as its cache. Neither copied nor pickled
+    with the model (a graph is bound to the weights it was captured over): a copy starts empty."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DecodeSteps:
-        return DecodeSteps()
+        return type(self)()  # WeakKeyDictionary's own would copy the steps
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return type(self), ()

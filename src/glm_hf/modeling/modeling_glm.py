@@ -16,6 +16,7 @@ reordered to Q;K;V at conversion.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -646,6 +647,57 @@ class GLMPreTrainedModel(PreTrainedModel):
             init.copy_(module.inv_freq, module.frequencies())
 
 
+class GenerationRunFlags(threading.local):
+    """What a `generate()` run tells the forward passes and decode steps it makes, kept per thread: a forward that
+    another thread runs meanwhile sees the defaults (the class attributes), and so does a copy of the model."""
+
+    # Every position id the run can reach fits the tables (checked once up front): forwards skip their per-call
+    # range check, a host-device sync.
+    positions_prechecked: bool = False
+    # Decode steps on the static cache generate() keeps (shapes fixed across steps and runs): their attention may
+    # take cuDNN (`attention_backends`). A caller's cache, whose shapes change from call to call (fill_blanks makes
+    # one per batch), keeps cuDNN out: its first plan for a new shape is slow.
+    fixed_shape_decoding: bool = False
+    # No padding mask was given: no row is padded, so decode steps need no mask beyond GLM's own.
+    padding_free: bool = False
+    # A 1-D ChatGLM's [B, 1] position of every new token (the index of the row's mask).
+    held_positions: torch.Tensor | None = None
+
+    def saved(self) -> dict[str, Any]:
+        """The flags as they are now, for `restore` when the run ends (a run nested in another keeps the outer's)."""
+        names = ("positions_prechecked", "fixed_shape_decoding", "padding_free", "held_positions")
+        return {name: getattr(self, name) for name in names}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        for name, value in saved.items():
+            setattr(self, name, value)
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return type(self), ()  # a copy of the model starts from the defaults (a thread-local cannot be pickled)
+
+
+class GenerationLock:
+    """Lets one `generate()` run of a model proceed at a time: runs share the model's kept static cache, captured
+    decode steps and run flags. Re-entrant, so that a logits processor or streamer may generate with the same model
+    (`depth` counts the runs its thread has open). A copy of the model gets a lock of its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.depth = 0
+
+    def __enter__(self) -> GenerationLock:
+        self._lock.acquire()
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.depth -= 1
+        self._lock.release()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return type(self), ()  # a lock cannot be pickled; a copy's runs do not share this model's state
+
+
 class GLMModel(GLMPreTrainedModel):
     """The GLM backbone: embeddings, blocks and the final LayerNorm; returns hidden states."""
 
@@ -659,13 +711,8 @@ class GLMModel(GLMPreTrainedModel):
         self.layers = nn.ModuleList([GLMBlock(config, layer_idx) for layer_idx in range(config.num_hidden_layers)])
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
-        # Set by `generate()` for its run when every position id it can reach fits the tables: the forward then skips
-        # its per-call range check (a host-device sync). Never a model kwarg, so nothing leaks into `generate()`.
-        self.positions_prechecked = False
-        # Set by generate() for its decode steps on the static cache it keeps (shapes fixed across steps and runs):
-        # their attention may take cuDNN (`attention_backends`). A caller's cache, whose shapes change from call to
-        # call (fill_blanks makes one per batch), keeps cuDNN out: its first plan for a new shape is slow.
-        self.fixed_shape_decoding = False
+        # Set by `generate()` for its run, read by the forward; never model kwargs, so nothing leaks into generate().
+        self.run_flags = GenerationRunFlags()
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -745,7 +792,7 @@ class GLMModel(GLMPreTrainedModel):
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
         if self.embed_positions is not None:
-            if not self.positions_prechecked:
+            if not self.run_flags.positions_prechecked:
                 self._check_position_range(position_ids, block_position_ids, past_length + query_length)
             hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
         else:  # rotary: the angles of these positions, applied to query and key in every layer
@@ -767,7 +814,7 @@ class GLMModel(GLMPreTrainedModel):
         attn_implementation = self.config._attn_implementation
         if mask is not None and attn_implementation == "sdpa" and device.type == "cuda":
             mask = additive_attention_mask(mask, inputs_embeds.dtype)  # once here, not in every layer
-        fixed_shapes = self.fixed_shape_decoding and query_length == 1
+        fixed_shapes = self.run_flags.fixed_shape_decoding and query_length == 1
         if output_attentions and attn_implementation != "eager":
             logger.warning_once(
                 f"output_attentions=True needs attn_implementation='eager'; {attn_implementation} "
@@ -939,15 +986,20 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.glm = GLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._keys_to_ignore_on_save = tied_head_keys(config)
-        self.padding_free_generation = False  # set by generate() for its run when no padding mask was given
-        # Set by generate() for its run on a 1-D ChatGLM: [B, 1] position every new token takes (the mask's index).
-        self.held_generation_positions: torch.Tensor | None = None
+        self.generation_lock = GenerationLock()
         # The static cache of generate()'s own static runs, kept for the next run that fits: (batch, dtype, device,
         # whether made in inference mode, cache).
         self.kept_static_cache: tuple[int, torch.dtype, torch.device, bool, StaticCache] | None = None
         self.decode_steps = DecodeSteps()  # captured decode steps, by cache (`captured_decoding`)
         self.post_init()
         self.generation_config = glm_generation_config(config)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The module's state without generate()'s kept static cache (run state, as large as a run's keys and values)
+        and compiled decode step (torch.compile's code cannot be pickled): a copy makes its own when it generates."""
+        state = {**super().__getstate__(), "kept_static_cache": None}
+        state.pop("_compiled_decode_step", None)
+        return state
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.glm.word_embeddings
@@ -1038,26 +1090,29 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         whole sequence as input, as transformers does it): the cached run's positions and `prefix_length` carry on,
         so two calls give the tokens of one. Position ids shorter than the input with a filled cache describe its
         first columns; later columns follow the rule above.
+
+        Calls from several threads run one at a time: they share the model's kept static cache, captured decode
+        steps and run flags. A logits processor, stopping criterion or streamer may call it on the same model.
         """
-        prompt = inputs if inputs is not None else kwargs.get("input_ids")
-        embeds = kwargs.get("inputs_embeds")
-        if prompt is None and embeds is None:
-            prompt = self._bos_prompt(kwargs)
-            if prompt is not None:
-                kwargs["input_ids"] = prompt
-        columns = embeds if embeds is not None else prompt  # every column of the sequence, cached ones included
-        if columns is not None:
-            self._prepare_generation_positions(columns, prompt, kwargs)
-        # No padding mask given: no row is padded, so the steps need no mask beyond GLM's own (a decode step on the
-        # dynamic cache then runs with none at all); transformers still keeps its all-ones mask for its bookkeeping.
-        self.padding_free_generation = kwargs.get("attention_mask") is None
-        try:
-            return super().generate(inputs, **kwargs)
-        finally:
-            self.glm.positions_prechecked = False
-            self.glm.fixed_shape_decoding = False
-            self.padding_free_generation = False
-            self.held_generation_positions = None
+        with self.generation_lock:
+            flags = self.glm.run_flags
+            outer_run = flags.saved()  # the defaults, unless this run is nested in another on this thread
+            try:
+                prompt = inputs if inputs is not None else kwargs.get("input_ids")
+                embeds = kwargs.get("inputs_embeds")
+                if prompt is None and embeds is None:
+                    prompt = self._bos_prompt(kwargs)
+                    if prompt is not None:
+                        kwargs["input_ids"] = prompt
+                columns = embeds if embeds is not None else prompt  # every column, cached ones included
+                if columns is not None:
+                    self._prepare_generation_positions(columns, prompt, kwargs)
+                # No padding mask given: no row is padded, so the steps need no mask beyond GLM's own (a decode step
+                # on the dynamic cache then runs with none); transformers keeps its all-ones mask for its bookkeeping.
+                flags.padding_free = kwargs.get("attention_mask") is None
+                return super().generate(inputs, **kwargs)
+            finally:
+                flags.restore(outer_run)
 
     def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
         """The one-token prompt `generate()` starts from when given no input: [bos] per row (rows as many as a
@@ -1099,7 +1154,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 prompt, self.config, kwargs.get("attention_mask")
             )
             if not self.config.block_position_encoding:  # 1-D: new tokens take the mask's index, [gMASK] rows too
-                self.held_generation_positions = chatglm_mask_positions(
+                self.glm.run_flags.held_positions = chatglm_mask_positions(
                     prompt, self.config, kwargs.get("attention_mask")
                 )
         else:  # a first pass: ids may be shorter by the soft-prompt columns leading inputs_embeds
@@ -1142,7 +1197,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         if "cache" in model_inputs:  # transformers >= 5.24; the forward takes both names, PEFT reads this one
             model_inputs["past_key_values"] = model_inputs.pop("cache")
-        if self.padding_free_generation and model_inputs.get("attention_mask") is not None:
+        if self.glm.run_flags.padding_free and model_inputs.get("attention_mask") is not None:
             if model_inputs["attention_mask"].dim() == 2:
                 model_inputs["attention_mask"] = None
         if position_ids is None:
@@ -1199,7 +1254,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         and the model inputs): when every id that `max_cache_length` columns can reach fits the position tables,
         the forward passes skip their per-call check (a host-device sync each); otherwise they keep it and raise
         the clear error when an id actually goes past."""
-        self.glm.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
+        self.glm.run_flags.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
         given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         own_static = given is None and self._keeps_static_cache(generation_config, generation_mode)
         if own_static:  # whole multiples of STATIC_CACHE_COLUMNS: runs of other lengths fit the same cache and graph
@@ -1247,7 +1302,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     def _kept_static_cache(self, batch_size: int, max_cache_length: int) -> StaticCache:
         """The kept static cache, emptied, when it fits this run (batch, dtype, device, at least `max_cache_length`
-        columns); else a new one, kept in its place."""
+        columns); else a new one, kept in its place. A run nested in another (`GenerationLock.depth`) gets a cache of
+        its own: the outer run is still decoding on the kept one."""
+        if self.generation_lock.depth > 1:
+            return StaticCache(config=self.config, max_cache_len=max_cache_length)
         key = (batch_size, self.dtype, self.device, torch.is_inference_mode_enabled())
         if self.kept_static_cache is not None:
             *kept_key, cache = self.kept_static_cache
@@ -1287,7 +1345,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         chosen_by_default = kept and generation_config.cache_implementation is None
         compile_step = not chosen_by_default and self._valid_auto_compile_criteria(model_kwargs, generation_config)
         cache_outlives_call = generation_config.return_dict_in_generate or not kept
-        self.glm.fixed_shape_decoding = not cache_outlives_call
+        self.glm.run_flags.fixed_shape_decoding = not cache_outlives_call
         return decode_on_static_cache(
             self,
             input_ids,
@@ -1302,8 +1360,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         )
 
     def _held_positions(self, batch_size: int) -> torch.Tensor | None:
-        """`held_generation_positions` for `batch_size` rows (repeated per row for beams and returned sequences)."""
-        held = self.held_generation_positions
+        """The run's held positions (`GenerationRunFlags.held_positions`) for `batch_size` rows (repeated per row for
+        beams and returned sequences)."""
+        held = self.glm.run_flags.held_positions
         if held is None or held.shape[0] == batch_size:
             return held
         return held.repeat_interleave(batch_size // held.shape[0], dim=0)
