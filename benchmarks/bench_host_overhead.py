@@ -91,8 +91,11 @@ def ops_of_one_step(layers: int, width: int) -> int:
             "prefix_length": inputs["prefix_length"],
             "logits_to_keep": 1,
         }
-        # As in generate(), which checks once up front (revisions before the per-thread run flags: on the model).
-        getattr(model.glm, "run_flags", model.glm).positions_prechecked = True
+        # As in a generate() run, which checks the positions once up front (older revisions: a flag on the model).
+        flags = getattr(model.glm, "run_flags", model.glm)
+        if hasattr(flags, "begin"):
+            flags.begin()
+        flags.positions_prechecked = True
         with OpCounter() as counter:
             model(**step, past_key_values=cache, use_cache=True)
     return counter.count

@@ -86,6 +86,7 @@ def main() -> None:
             model.generate(**inputs, **settings, **options)
             cache = model.kept_static_cache[-1]
             step = model.decode_steps[cache]
+            model.glm.run_flags.begin()  # as in generate()'s run, which checks the positions once up front
             model.glm.run_flags.positions_prechecked = True
             kernel_table(step, label)
 

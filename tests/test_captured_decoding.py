@@ -7,12 +7,14 @@ On the CPU the step runs eagerly; `tests/test_cuda.py` checks the captured CUDA 
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import pytest
 import torch
 from test_fast_decoding import HostReads, left_padded_prompts
 from test_generation_mixin import TokenRecorder
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import StaticCache
 
 import glm_hf
@@ -64,10 +66,22 @@ def test_greedy_tokens_equal_transformers_loop_on_the_static_cache(monkeypatch, 
     assert ours.tolist() == theirs.tolist() == dynamic.tolist()
 
 
+def defer_the_stop_check_as_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop reads its stop flag one step late here too, as it does on CUDA."""
+    monkeypatch.setattr(
+        captured_decoding,
+        "stop_check_deferred",
+        lambda device, streamer, cache_outlives_call: streamer is None and not cache_outlives_call,
+    )
+
+
+@pytest.mark.parametrize("stop_check", ["at every step", "deferred"])
 @pytest.mark.parametrize("finish", ["one row", "every row"])
-def test_rows_ending_at_eos_end_as_in_transformers_loop(monkeypatch, loop_calls, finish: str) -> None:
-    """One row ending early is padded; every row ending early ends the run there (the deferred stop check undoes
-    the step it ran too many)."""
+def test_rows_ending_at_eos_end_as_in_transformers_loop(monkeypatch, loop_calls, finish: str, stop_check: str) -> None:
+    """One row ending early is padded; every row ending early ends the run there (the deferred stop check, CUDA's,
+    undoes the step it ran too many)."""
+    if stop_check == "deferred":
+        defer_the_stop_check_as_on_cuda(monkeypatch)
     model = tiny_model()
     inputs = blank_inputs(batch_size=2, part_b=1)
     eos = eos_after(model, inputs, steps=2, row=0)
@@ -77,7 +91,7 @@ def test_rows_ending_at_eos_end_as_in_transformers_loop(monkeypatch, loop_calls,
     options["cache_implementation"] = "static"
     ours = model.generate(**inputs, **options)
     theirs = with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, **options))
-    assert loop_calls and loop_calls[0]["cache_outlives_call"] is False  # deferred: nothing else sees the cache
+    assert loop_calls and loop_calls[0]["cache_outlives_call"] is False  # the kept cache: nothing else sees it
     assert ours.tolist() == theirs.tolist()
     if finish == "every row":
         assert ours.shape[1] == inputs["input_ids"].shape[1] + 3
@@ -99,6 +113,61 @@ def test_sampling_draws_the_same_tokens_as_transformers_loop(monkeypatch, loop_c
     theirs = with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, **options))
     assert len(loop_calls) == 1
     assert ours.tolist() == theirs.tolist()
+
+
+class CountedProcessor(LogitsProcessor):
+    """Leaves the scores as they are; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.calls += 1
+        return scores
+
+
+class CountedCriterion(StoppingCriteria):
+    """Stops no row; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        self.calls += 1
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+@pytest.mark.parametrize("stop_check", ["at every step", "deferred"])
+def test_a_seeded_run_ending_on_eos_leaves_the_generator_as_transformers_loop(monkeypatch, stop_check: str) -> None:
+    """Sampling runs that end on eos before max_new_tokens, one after another from one seed: every run draws the
+    tokens of transformers' loop, also after a run whose deferred stop check sampled a step too many (its draw is
+    undone). On the CPU the stop flag is read at every step, as transformers' loop reads it: processors and criteria
+    see no step beyond the last (the deferred check, CUDA's, shows them one, as transformers' own does on MPS)."""
+    if stop_check == "deferred":
+        defer_the_stop_check_as_on_cuda(monkeypatch)
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    options = {"do_sample": True, "eos_token_id": list(range(40)), "pad_token_id": 0, "max_new_tokens": 12}
+    runs, calls = {}, {}
+    for loop in ("ours", "transformers"):
+        processor, criterion = CountedProcessor(), CountedCriterion()
+        run_options = {
+            **options,
+            "cache_implementation": "static",
+            "logits_processor": LogitsProcessorList([processor]),
+            "stopping_criteria": StoppingCriteriaList([criterion]),
+        }
+        generate = functools.partial(model.generate, **inputs, **run_options)
+        torch.manual_seed(5)
+        if loop == "ours":
+            runs[loop] = [generate().tolist() for _ in range(3)]
+        else:
+            runs[loop] = [with_transformers_loop(monkeypatch, generate).tolist() for _ in range(3)]
+        calls[loop] = (processor.calls, criterion.calls)
+    assert runs["ours"] == runs["transformers"]
+    assert all(len(tokens[0]) < inputs["input_ids"].shape[1] + 12 for tokens in runs["ours"])  # each ended on eos
+    extra_steps = 3 if stop_check == "deferred" else 0  # one per run
+    assert calls["ours"] == tuple(count + extra_steps for count in calls["transformers"])
 
 
 def test_scores_logits_and_the_returned_cache_equal_transformers_loop(monkeypatch, loop_calls) -> None:
@@ -228,7 +297,8 @@ def test_a_step_reads_nothing_back_to_the_host() -> None:
     inputs = left_padded_prompts()
     model.generate(**inputs, cache_implementation="static", **GREEDY)
     step = model.decode_steps[model.kept_static_cache[-1]]
-    model.glm.run_flags.positions_prechecked = True  # what generate() sets after its check up front
+    model.glm.run_flags.begin()  # a generate() run in this thread, which checks the positions once up front
+    model.glm.run_flags.positions_prechecked = True
     with HostReads() as reads:
         step(torch.tensor([7, 8]))
     assert reads.calls == []

@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
-from test_fast_decoding import left_padded_prompts
-from transformers import LogitsProcessor, LogitsProcessorList
+from test_fast_decoding import count_graphs, left_padded_prompts
+from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 
 import glm_hf
-from glm_hf.modeling import captured_decoding
 
 from conftest import blank_inputs, tiny_chatglm, tiny_model
 
@@ -84,13 +83,13 @@ def test_a_forward_in_another_thread_during_a_run_checks_its_own_positions() -> 
     seen: dict[str, object] = {}
 
     def forward_elsewhere() -> None:
-        seen["flag in the other thread"] = model.glm.run_flags.positions_prechecked
+        seen["flag in the other thread"] = model.glm.run_flags.for_this_thread().positions_prechecked
         with pytest.raises(ValueError, match="past the 65 rows of the position tables") as error:
             model(input_ids=torch.tensor([[7]]), position_ids=too_far)
         seen["error"] = error.value
 
     def during_run() -> None:
-        seen["flag in the run"] = model.glm.run_flags.positions_prechecked
+        seen["flag in the run"] = model.glm.run_flags.for_this_thread().positions_prechecked
         in_a_thread(forward_elsewhere)
 
     model.generate(
@@ -100,7 +99,26 @@ def test_a_forward_in_another_thread_during_a_run_checks_its_own_positions() -> 
     )
     assert seen["flag in the run"] is True and seen["flag in the other thread"] is False
     assert "error" in seen
-    assert model.glm.run_flags.positions_prechecked is False  # and none after the run
+    assert model.glm.run_flags.thread is None and model.glm.run_flags.positions_prechecked is False  # none after it
+
+
+def test_a_compiled_forward_is_not_recompiled_when_a_run_begins_or_ends() -> None:
+    """Compiled code reads no run flags (they have no effect there): the forward compiled outside a run serves the
+    run's decode-shaped calls and those after it with the same graph."""
+    torch._dynamo.reset()
+    model = tiny_model()
+    graphs: list[int] = []
+    forward = torch.compile(model.glm.forward, fullgraph=True, backend=count_graphs(graphs))
+    step = {"input_ids": torch.tensor([[7]]), "position_ids": torch.tensor([[3]]), "use_cache": False}
+    expected = model.glm(**step).last_hidden_state
+    forward(**step)
+    flags = model.glm.run_flags
+    outer_run = flags.begin()
+    flags.positions_prechecked = flags.fixed_shape_decoding = True
+    torch.testing.assert_close(forward(**step).last_hidden_state, expected, rtol=0, atol=0)
+    flags.restore(outer_run)
+    forward(**step)
+    assert len(graphs) == 1
 
 
 @pytest.mark.parametrize("outer", ["kept static cache", "1-D ChatGLM"])
@@ -129,20 +147,27 @@ def test_a_run_inside_a_run_on_the_same_model_leaves_the_outer_run_its_tokens(ou
 
 
 def test_copies_of_a_model_share_no_run_state_and_generate_alike(tmp_path) -> None:
-    """deepcopy and a pickled whole model (`torch.save(model)`) after a static run: no kept cache, captured or
-    compiled steps, lock or flags of the original; the same tokens."""
+    """deepcopy and a pickled whole model (`torch.save(model)`) after compiled static runs, GLM's loop and
+    transformers' (which per-step hidden states take): no kept cache, captured or compiled steps, lock or flags of
+    the original; the same tokens."""
+    torch._dynamo.reset()
     model = tiny_model()
     inputs = blank_inputs(batch_size=2, part_b=1)
-    options = {"cache_implementation": "static", **GREEDY}
+    compile_config = CompileConfig(backend="eager")
+    compile_config._compile_all_devices = True  # transformers compiles on CPU only when asked to
+    options = {"cache_implementation": "static", "compile_config": compile_config, **GREEDY}
     tokens = model.generate(**inputs, **options).tolist()
-    model._compiled_decode_step = ("options", torch.compile(captured_decoding.last_column_logits))  # as on CUDA
+    hidden = model.generate(**inputs, output_hidden_states=True, return_dict_in_generate=True, **options)
+    assert hidden.sequences.tolist() == tokens
+    compiled_state = {"_compiled_decode_step", "_compiled_call", "_last_compile_config"}
+    assert compiled_state <= set(vars(model))
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
     for copied in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
         assert isinstance(copied, glm_hf.GLMForConditionalGeneration)
         assert copied.kept_static_cache is None and len(copied.decode_steps) == 0
-        assert not hasattr(copied, "_compiled_decode_step")
+        assert not compiled_state & set(vars(copied))
         assert copied.generation_lock is not model.generation_lock
         assert copied.glm.run_flags is not model.glm.run_flags
         assert copied.generate(**inputs, **options).tolist() == tokens

@@ -92,7 +92,8 @@ def test_a_decode_forward_runs_on_the_meta_device(static: bool) -> None:
     inputs = {name: value.to("meta") for name, value in blank_inputs(batch_size=2, part_b=1).items()}
     length = inputs["input_ids"].shape[1]
     cache = StaticCache(config=model.config, max_cache_len=16) if static else DynamicCache(config=model.config)
-    model.glm.run_flags.positions_prechecked = True  # what generate() sets for its run after one check up front
+    model.glm.run_flags.begin()  # a generate() run in this thread, which checks the positions once up front
+    model.glm.run_flags.positions_prechecked = True
     model(**inputs, past_key_values=cache, use_cache=True)
     step = {
         "input_ids": torch.zeros(2, 1, dtype=torch.long, device="meta"),

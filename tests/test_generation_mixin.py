@@ -19,7 +19,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from glm_hf.modeling.modeling_glm import CACHE_OUTPUT_FIELD, GENERATE_CACHE_KWARG
 
-from conftest import tiny_word_tokenizer
+from conftest import tiny_chatglm, tiny_word_tokenizer
 
 GREEDY = {"do_sample": False}
 
@@ -123,6 +123,32 @@ def test_continuing_from_a_returned_cache_equals_generating_in_one_go(blank_prom
     for whole, parts in zip(one_go[CACHE_OUTPUT_FIELD].layers, continued[CACHE_OUTPUT_FIELD].layers, strict=True):
         torch.testing.assert_close(parts.keys, whole.keys, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(parts.values, whole.values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("block_position_encoding", [True, False], ids=["2-D", "1-D"])
+def test_chatglm_continued_from_its_returned_cache_equals_one_run(
+    block_position_encoding: bool, cache_implementation: str
+) -> None:
+    """A ChatGLM prompt's positions come from its ids; a 1-D ChatGLM's new tokens keep the mask's index (held
+    positions), which the second call, with no [gMASK] among its new columns, gets from the cached run."""
+    model = tiny_chatglm(block_position_encoding)
+    ids = torch.tensor([[20, 30, 40, 90, 5], [21, 31, 41, 90, 5]])
+    settings = {"return_dict_in_generate": True, "output_logits": True, "cache_implementation": cache_implementation}
+    one_go = model.generate(ids, max_new_tokens=8, min_new_tokens=8, **settings, **GREEDY)
+    first = model.generate(ids, max_new_tokens=5, min_new_tokens=5, **settings, **GREEDY)
+    continued = model.generate(
+        first.sequences,
+        **{GENERATE_CACHE_KWARG: first[CACHE_OUTPUT_FIELD]},
+        return_dict_in_generate=True,
+        output_logits=True,
+        max_new_tokens=3,
+        min_new_tokens=3,
+        **GREEDY,
+    )
+    assert continued.sequences.tolist() == one_go.sequences.tolist()
+    for whole, parts in zip(one_go.logits[5:], continued.logits, strict=True):
+        torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_continuing_from_inputs_embeds_and_a_cache_equals_generating_in_one_go() -> None:

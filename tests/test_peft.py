@@ -9,6 +9,8 @@ For prefix tuning the n columns are the cached keys/values PEFT's prompt encoder
 from __future__ import annotations
 
 import copy
+import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from peft import (  # noqa: E402
     get_peft_model,
 )
 from peft.tuners.lora import LoraLayer  # noqa: E402
+from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 import glm_hf  # noqa: E402
 from glm_hf.peft_integration import GLM_LORA_TARGET_MODULES, register_glm_with_peft  # noqa: E402
@@ -315,6 +318,57 @@ def test_generate_past_the_position_table_after_the_shift_fails_clearly(method: 
         assert base.generate(input_ids, max_new_tokens=1).shape == (1, 64)
         with pytest.raises(ValueError, match="past the 65 rows of the position tables"):
             model.generate(input_ids=input_ids, max_new_tokens=1)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_learning_runs_from_two_threads_and_inside_a_run_get_the_tokens_each_gets_alone(method: str) -> None:
+    """PEFT gives the base model its own `prepare_inputs_for_generation` for a run and takes it back after: a run
+    in another thread (PEFT's or the base model's alone) and a run inside a run (from a logits processor) each keep
+    theirs, and the base model ends as it was (its own fast paths again)."""
+    base = tiny_model()
+    config = (
+        PROMPT_METHODS[method]()
+        if method in PROMPT_METHODS
+        else PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_VIRTUAL)
+    )
+    model = get_peft_model(base, config).eval()
+    batch = padded_blank_batch()
+    settings = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+    with torch.no_grad():
+        alone = {"peft": model.generate(**batch, **settings).tolist(), "base": base.generate(**batch, **settings)}
+    alone["base"] = alone["base"].tolist()
+    assert alone["peft"] != alone["base"]  # the virtual tokens change what the model generates
+    runs: dict[str, list] = {"peft": [], "base": []}
+
+    def generate_repeatedly(name: str) -> None:
+        with torch.no_grad():
+            for _ in range(4):
+                runs[name].append((model if name == "peft" else base).generate(**batch, **settings).tolist())
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # the two threads' runs interleave at every step
+    try:
+        threads = [threading.Thread(target=generate_repeatedly, args=(name,)) for name in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert runs == {name: [tokens] * 4 for name, tokens in alone.items()}
+
+    inner: list = []
+
+    class GenerateOnce(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if not inner:
+                inner.append(model.generate(**batch, **settings).tolist())
+            return scores
+
+    with torch.no_grad():
+        outer = model.generate(**batch, logits_processor=LogitsProcessorList([GenerateOnce()]), **settings)
+    assert inner == [alone["peft"]] and outer.tolist() == alone["peft"]
+    assert "prepare_inputs_for_generation" not in vars(base)
 
 
 # ---- prefix tuning (P-Tuning v2) ------------------------------------------------------------------------------------

@@ -121,6 +121,7 @@ def register_glm_with_peft() -> bool:
         if table is not None:  # shared with the tuners, which imported the same dict
             table.setdefault(GLMConfig.model_type, list(targets))
 
+    _take_turns_with_glm_generation(getattr(peft, "PeftModelForCausalLM", None))
     adjust = getattr(PeftModel, "_adjust_prompt_learning_kwargs", None)
     if adjust is None:  # LoRA still works; only prompt learning would lose GLM's positions
         warnings.warn(
@@ -151,6 +152,40 @@ def register_glm_with_peft() -> bool:
         adjust_prompt_learning_kwargs._glm_hf_original = adjust  # type: ignore[attr-defined]
         PeftModel._adjust_prompt_learning_kwargs = adjust_prompt_learning_kwargs
     return True
+
+
+def _take_turns_with_glm_generation(peft_causal_lm: type | None) -> None:
+    """Make `PeftModelForCausalLM.generate` on a GLM hold the model's generation lock for the whole run (idempotent).
+
+    PEFT sets the base model's `prepare_inputs_for_generation` to its own (prompt learning's virtual tokens) before
+    calling the base model's `generate()`, and sets the base model's own back after it. Under the lock, another
+    thread's run cannot begin or end in between (it would take PEFT's inputs away from this run, or give them to a
+    run without PEFT), and what was there before comes back: the outer run's, for a run nested in another on this
+    thread; nothing, so that the base model is as it was (and takes its own fast paths again, without PEFT).
+    """
+    generate = getattr(peft_causal_lm, "generate", None)
+    if generate is None or getattr(generate, "_glm_hf_original", None) is not None:
+        return
+
+    @functools.wraps(generate)
+    def generate_in_turn(self: Any, *args: Any, **kwargs: Any) -> Any:
+        base = self.get_base_model()
+        lock = getattr(base, "generation_lock", None)
+        if lock is None or not is_glm_model(base):
+            return generate(self, *args, **kwargs)
+        with lock:
+            missing = object()
+            before = vars(base).get("prepare_inputs_for_generation", missing)
+            try:
+                return generate(self, *args, **kwargs)
+            finally:
+                if before is missing:
+                    vars(base).pop("prepare_inputs_for_generation", None)
+                else:
+                    base.prepare_inputs_for_generation = before
+
+    generate_in_turn._glm_hf_original = generate  # type: ignore[attr-defined]
+    peft_causal_lm.generate = generate_in_turn
 
 
 __all__ = [

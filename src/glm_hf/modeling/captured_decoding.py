@@ -11,13 +11,17 @@ at every step (its stop check reads a device flag). Here, on a static cache:
   one `generate()` keeps for its own static runs, or a caller's) replays it without recording again;
 - where transformers would compile the step (`cache_implementation="static"`), it is compiled first, without
   torch.compile's own CUDA graphs (the graph here holds the whole step);
-- the stop check reads the previous step's flag, so the host queues a step while the device still runs the last
-  one. The one step too many is undone; where the cache outlives the call (a caller's or a returned one), the flag
-  is read at every step instead, so that the cache holds exactly the columns transformers' loop would leave.
+- on CUDA the stop check reads the previous step's flag, so the host queues a step while the device still runs the
+  last one (transformers' `DeferredStopCheck`, which it uses on MPS). The one step too many is undone, its random
+  draw included (a seeded run leaves the generator as transformers' loop does); its logits processors and stopping
+  criteria have seen it, as transformers' deferred check lets them. Where the cache outlives the call (a caller's or
+  a returned one), or a streamer reads every token anyway, the flag is read at every step instead, so that the
+  cache holds exactly the columns transformers' loop would leave.
 
 A step that cannot be captured (a host read somewhere in the forward) runs eagerly, with a warning naming the error.
 
-On the CPU the same loop runs the step eagerly. Token selection, logits processors, stopping criteria and streamers
+On the CPU the same loop runs the step eagerly and checks the stop flag at every step (nothing runs ahead of the
+host there). Token selection, logits processors, stopping criteria and streamers
 are transformers' own, called as `GenerationMixin._sample` calls them: the tokens are the same.
 """
 
@@ -239,6 +243,9 @@ class StopFlag:
     def __init__(self, device: torch.device, deferred: bool) -> None:
         self.deferred = deferred
         cuda = device.type == "cuda"
+        # Deferred: the generator a sampled token draws from, and its state before the latest step's draw.
+        self.generator = default_generator(device) if deferred else None
+        self.state_before_draw: torch.Tensor | None = None
         # Two slots: the flag of this step is copied into one while the other's (the step before) is read.
         self.flags = [torch.zeros((), dtype=torch.bool, pin_memory=cuda) for _ in range(2)]
         self.events = [torch.cuda.Event() if cuda else None for _ in range(2)]
@@ -260,6 +267,30 @@ class StopFlag:
         if self.events[earlier] is not None:
             self.events[earlier].synchronize()
         return bool(self.flags[earlier])
+
+    def before_draw(self) -> None:
+        """Deferred: keep the generator's state before a step samples its tokens (host only, no device sync)."""
+        if self.generator is not None:
+            self.state_before_draw = self.generator.get_state()
+
+    def undo_draw(self) -> None:
+        """Give the generator back the state it had before the undone step's draw."""
+        if self.generator is not None and self.state_before_draw is not None:
+            self.generator.set_state(self.state_before_draw)
+
+
+def default_generator(device: torch.device) -> torch.Generator:
+    """The generator that `torch.multinomial` draws from on `device` when given none."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
+def stop_check_deferred(device: torch.device, streamer: Any, cache_outlives_call: bool) -> bool:
+    """Whether the loop reads the stop flag one step late: on CUDA, where the device runs behind the host, unless a
+    streamer reads every token on the host anyway or the cache outlives the call (it must hold exactly its columns).
+    """
+    return device.type == "cuda" and streamer is None and not cache_outlives_call
 
 
 def decode_on_static_cache(
@@ -285,8 +316,7 @@ def decode_on_static_cache(
     if pad_token_id is not None:
         pad_token_id = pad_token_id.to(input_ids.device)
     max_length = stopping_criteria.max_length or cache.get_max_length()
-    # Streaming reads every token on the host anyway; a cache that outlives the call must hold exactly its columns.
-    stop = StopFlag(input_ids.device, deferred=streamer is None and not cache_outlives_call)
+    stop = StopFlag(input_ids.device, deferred=stop_check_deferred(input_ids.device, streamer, cache_outlives_call))
 
     outputs = model._prefill(input_ids, generation_config, model_kwargs, is_first_iteration=True)
     model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs)
@@ -301,6 +331,7 @@ def decode_on_static_cache(
         if raw_logits is not None:
             raw_logits += (next_token_logits,)
         if generation_config.do_sample:
+            stop.before_draw()
             probs = nn.functional.softmax(next_token_scores, dim=-1)
             next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
         else:
@@ -321,6 +352,7 @@ def decode_on_static_cache(
         next_token_logits = step(next_tokens).clone()
 
     if undo:
+        stop.undo_draw()
         input_ids = input_ids[:, :-undo]
         scores = scores[:-undo] if scores is not None else None
         raw_logits = raw_logits[:-undo] if raw_logits is not None else None

@@ -57,6 +57,9 @@ logger = logging.get_logger(__name__)
 CACHE_OUTPUT_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # generate()'s own static caches hold a whole multiple of this many columns (one cache and graph for many lengths).
 STATIC_CACHE_COLUMNS = 256
+# What generate() compiles and keeps on the model: GLM's decode step (`captured_decoding`), transformers' compiled
+# `__call__` and the config it was compiled with (`PreTrainedModel.get_compiled_call`). Never copied with the model.
+COMPILED_GENERATION_STATE = ("_compiled_decode_step", "_compiled_call", "_last_compile_config")
 # The name `generate()` takes a cache under without a deprecation warning.
 _GENERATION_INPUTS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
 GENERATE_CACHE_KWARG = "cache" if "cache" in _GENERATION_INPUTS else "past_key_values"
@@ -647,33 +650,48 @@ class GLMPreTrainedModel(PreTrainedModel):
             init.copy_(module.inv_freq, module.frequencies())
 
 
-class GenerationRunFlags(threading.local):
-    """What a `generate()` run tells the forward passes and decode steps it makes, kept per thread: a forward that
-    another thread runs meanwhile sees the defaults (the class attributes), and so does a copy of the model."""
+class GenerationRunFlags:
+    """What a `generate()` run tells the forward passes and decode steps it makes, for the thread running it
+    (`thread`; runs of one model take turns, `GenerationLock`): a forward that another thread runs meanwhile reads
+    `NO_RUN_FLAGS` instead (`for_this_thread`). A copy of the model starts with no run."""
 
-    # Every position id the run can reach fits the tables (checked once up front): forwards skip their per-call
-    # range check, a host-device sync.
-    positions_prechecked: bool = False
-    # Decode steps on the static cache generate() keeps (shapes fixed across steps and runs): their attention may
-    # take cuDNN (`attention_backends`). A caller's cache, whose shapes change from call to call (fill_blanks makes
-    # one per batch), keeps cuDNN out: its first plan for a new shape is slow.
-    fixed_shape_decoding: bool = False
-    # No padding mask was given: no row is padded, so decode steps need no mask beyond GLM's own.
-    padding_free: bool = False
-    # A 1-D ChatGLM's [B, 1] position of every new token (the index of the row's mask).
-    held_positions: torch.Tensor | None = None
+    def __init__(self) -> None:
+        self.thread: int | None = None  # the thread whose run set them; None between runs
+        # Every position id the run can reach fits the tables (checked once up front): forwards skip their per-call
+        # range check, a host-device sync.
+        self.positions_prechecked = False
+        # Decode steps on the static cache generate() keeps (shapes fixed across steps and runs): their attention
+        # may take cuDNN (`attention_backends`). A caller's cache, whose shapes change from call to call (fill_blanks
+        # makes one per batch), keeps cuDNN out: its first plan for a new shape is slow.
+        self.fixed_shape_decoding = False
+        # No padding mask was given: no row is padded, so decode steps need no mask beyond GLM's own.
+        self.padding_free = False
+        # A 1-D ChatGLM's [B, 1] position of every new token (the index of the row's mask).
+        self.held_positions: torch.Tensor | None = None
 
-    def saved(self) -> dict[str, Any]:
-        """The flags as they are now, for `restore` when the run ends (a run nested in another keeps the outer's)."""
-        names = ("positions_prechecked", "fixed_shape_decoding", "padding_free", "held_positions")
-        return {name: getattr(self, name) for name in names}
+    def for_this_thread(self) -> GenerationRunFlags:
+        """These flags in the thread of their run, else `NO_RUN_FLAGS`; `NO_RUN_FLAGS` in compiled code too, where
+        the forward's flags have no effect (its position check and SDPA backends are settled when a graph is traced):
+        a compiled forward then neither checks the thread nor recompiles when a run begins or ends."""
+        if not torch.compiler.is_compiling() and self.thread == threading.get_ident():
+            return self
+        return NO_RUN_FLAGS
+
+    def begin(self) -> dict[str, Any]:
+        """Take the flags for a run in this thread; what they were, for `restore` when the run ends (a run nested in
+        another on this thread gives the outer one its flags back)."""
+        saved = dict(vars(self))
+        self.thread = threading.get_ident()
+        return saved
 
     def restore(self, saved: dict[str, Any]) -> None:
-        for name, value in saved.items():
-            setattr(self, name, value)
+        vars(self).update(saved)
 
     def __reduce__(self) -> tuple[type, tuple[()]]:
-        return type(self), ()  # a copy of the model starts from the defaults (a thread-local cannot be pickled)
+        return type(self), ()  # a copy of the model starts with no run
+
+
+NO_RUN_FLAGS = GenerationRunFlags()  # what a forward outside any generate() run reads (never changed)
 
 
 class GenerationLock:
@@ -752,6 +770,7 @@ class GLMModel(GLMPreTrainedModel):
         cache: the same as `past_key_values` (the name `generate()` uses from transformers 5.24 on); pass one.
         """
         past_key_values = resolve_cache_argument(past_key_values, cache)
+        run_flags = self.run_flags.for_this_thread()  # a generate() run's, when this forward is one of its own
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -792,7 +811,7 @@ class GLMModel(GLMPreTrainedModel):
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
         if self.embed_positions is not None:
-            if not self.run_flags.positions_prechecked:
+            if not run_flags.positions_prechecked:
                 self._check_position_range(position_ids, block_position_ids, past_length + query_length)
             hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
         else:  # rotary: the angles of these positions, applied to query and key in every layer
@@ -814,7 +833,7 @@ class GLMModel(GLMPreTrainedModel):
         attn_implementation = self.config._attn_implementation
         if mask is not None and attn_implementation == "sdpa" and device.type == "cuda":
             mask = additive_attention_mask(mask, inputs_embeds.dtype)  # once here, not in every layer
-        fixed_shapes = self.run_flags.fixed_shape_decoding and query_length == 1
+        fixed_shapes = run_flags.fixed_shape_decoding and query_length == 1
         if output_attentions and attn_implementation != "eager":
             logger.warning_once(
                 f"output_attentions=True needs attn_implementation='eager'; {attn_implementation} "
@@ -996,9 +1015,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     def __getstate__(self) -> dict[str, Any]:
         """The module's state without generate()'s kept static cache (run state, as large as a run's keys and values)
-        and compiled decode step (torch.compile's code cannot be pickled): a copy makes its own when it generates."""
+        and compiled steps (torch.compile's code is bound to this model and cannot be pickled): a copy makes its own
+        when it generates."""
         state = {**super().__getstate__(), "kept_static_cache": None}
-        state.pop("_compiled_decode_step", None)
+        for name in COMPILED_GENERATION_STATE:
+            state.pop(name, None)
         return state
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -1092,11 +1113,12 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         first columns; later columns follow the rule above.
 
         Calls from several threads run one at a time: they share the model's kept static cache, captured decode
-        steps and run flags. A logits processor, stopping criterion or streamer may call it on the same model.
+        steps and run flags. A logits processor, stopping criterion or streamer may call it on the same model in its
+        own thread (not wait there for another thread's call, which waits for this run).
         """
         with self.generation_lock:
             flags = self.glm.run_flags
-            outer_run = flags.saved()  # the defaults, unless this run is nested in another on this thread
+            outer_run = flags.begin()
             try:
                 prompt = inputs if inputs is not None else kwargs.get("input_ids")
                 embeds = kwargs.get("inputs_embeds")
@@ -1138,10 +1160,12 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         )
         prefix_length = kwargs.get("prefix_length")
         earlier: GLMGenerationRun | None = getattr(cache, "glm_generation_run", None) if cached else None
+        earlier = earlier.for_batch(batch_size) if earlier is not None else None
         if position_ids is None and block_position_ids is None and earlier is not None:
-            position_ids, block_position_ids, earlier_prefix = earlier.for_batch(batch_size)
+            position_ids, block_position_ids = earlier.position_ids, earlier.block_position_ids
             if prefix_length is None:
-                prefix_length = earlier_prefix
+                prefix_length = earlier.prefix_length
+            self.glm.run_flags.held_positions = earlier.held_positions  # a 1-D ChatGLM's new tokens keep them
         elif cached:  # ids of the first columns (an assistant model gets its positions extended by +1: cut them)
             position_ids, block_position_ids = columns_both_cover(position_ids, block_position_ids)
         elif self.config.positions_from_ids and position_ids is None and block_position_ids is None:
@@ -1279,7 +1303,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if cache is not None and model_kwargs.get("position_ids") is not None:
             # Kept with the cache, so that a later generate() from it continues this run's positions.
             cache.glm_generation_run = GLMGenerationRun(
-                model_kwargs["position_ids"], model_kwargs.get("block_position_ids"), model_kwargs.get("prefix_length")
+                model_kwargs["position_ids"],
+                model_kwargs.get("block_position_ids"),
+                model_kwargs.get("prefix_length"),
+                self.glm.run_flags.held_positions,
             )
 
     def _keeps_static_cache(self, generation_config: GenerationConfig, generation_mode: Any) -> bool:
@@ -1413,25 +1440,28 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
 
 class GLMGenerationRun:
-    """The positions a `generate()` run gave its first columns and its `prefix_length`, kept on its cache so that a
-    later `generate()` from that cache continues them."""
+    """The positions a `generate()` run gave its first columns, its `prefix_length` and a 1-D ChatGLM's held
+    positions (`GenerationRunFlags.held_positions`), kept on its cache so that a later `generate()` from that cache
+    continues them."""
 
     def __init__(
         self,
         position_ids: torch.Tensor,
         block_position_ids: torch.Tensor | None,
         prefix_length: int | torch.Tensor | None,
+        held_positions: torch.Tensor | None = None,
     ) -> None:
         self.position_ids = position_ids
         self.block_position_ids = block_position_ids
         self.prefix_length = prefix_length
+        self.held_positions = held_positions
 
-    def for_batch(self, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int | torch.Tensor | None]:
-        """The run's positions and prefix length for `batch_size` rows: as they are, or repeated per row when the run
-        returned several sequences per prompt (beams, `num_return_sequences`); None for a batch of other prompts."""
+    def for_batch(self, batch_size: int) -> GLMGenerationRun | None:
+        """The run for `batch_size` rows: as it is, or repeated per row when the run returned several sequences per
+        prompt (beams, `num_return_sequences`); None for a batch of other prompts."""
         rows = self.position_ids.shape[0]
         if batch_size % rows:
-            return None, None, None
+            return None
         repeat = batch_size // rows
 
         def expand(value: Any) -> Any:
@@ -1439,7 +1469,12 @@ class GLMGenerationRun:
                 return value
             return value.repeat_interleave(repeat, dim=0)
 
-        return expand(self.position_ids), expand(self.block_position_ids), expand(self.prefix_length)
+        return GLMGenerationRun(
+            expand(self.position_ids),
+            expand(self.block_position_ids),
+            expand(self.prefix_length),
+            expand(self.held_positions),
+        )
 
 
 def columns_both_cover(
