@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from glm_hf.modeling import captured_decoding
+from glm_hf.modeling import captured_decoding, modeling_glm
 
 from conftest import blank_inputs, tiny_model
 
@@ -116,6 +116,24 @@ def test_rows_ending_at_eos_on_cuda_end_as_on_the_cpu():
     assert model.generate(**gpu_inputs, **options).cpu().tolist() == on_cpu.tolist()
     single = model.generate(**{k: v[:1] for k, v in gpu_inputs.items()}, **options)
     assert single.cpu().tolist() == single_cpu.tolist()
+
+
+def test_seeded_sampling_runs_ending_on_eos_draw_what_transformers_loop_draws(monkeypatch):
+    """The deferred stop check samples one step too many before it reads that every row has ended, and gives the
+    generator that draw back: runs one after another from one seed draw the tokens of transformers' loop (which
+    checks at every step) on the same cache."""
+    model = tiny_model().cuda()
+    inputs = prompt_of(9)
+    options = {"do_sample": True, "eos_token_id": list(range(40)), "pad_token_id": 0, "max_new_tokens": 12}
+    runs = {}
+    for loop in ("ours", "transformers"):
+        with monkeypatch.context() as patch:
+            if loop == "transformers":
+                patch.setattr(modeling_glm, "static_cache_loop_applies", lambda *args, **kwargs: False)
+            torch.manual_seed(5)
+            runs[loop] = [model.generate(**inputs, **options).cpu().tolist() for _ in range(4)]
+    assert runs["ours"] == runs["transformers"]
+    assert any(len(tokens[0]) < inputs["input_ids"].shape[1] + 12 for tokens in runs["ours"])  # some ended on eos
 
 
 def test_fill_blanks_on_cuda_fills_as_on_the_cpu():

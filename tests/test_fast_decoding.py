@@ -19,7 +19,7 @@ from transformers import CompileConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache
 
 from glm_hf import fill_blanks
-from glm_hf.modeling.modeling_glm import GLMDynamicCache, GLMDynamicLayer
+from glm_hf.modeling.modeling_glm import CACHE_OUTPUT_FIELD, GENERATE_CACHE_KWARG, GLMDynamicCache, GLMDynamicLayer
 
 from conftest import TINY_TOKEN_IDS, blank_inputs, tiny_model, tiny_word_tokenizer
 
@@ -243,6 +243,58 @@ def test_glm_dynamic_layer_keeps_gradients_of_earlier_steps() -> None:
         gradients.append([state.grad for state in states])
     for ours, theirs in zip(*gradients, strict=True):
         assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("prefix", ["cached keys", "soft prompt"])
+def test_decode_steps_after_a_trainable_prefix_get_transformers_gradients(prefix: str) -> None:
+    """A frozen model after a prefix that requires grad (prefix tuning's cached keys, or a soft prompt's embeddings),
+    three decode steps, one backward: the new states of the first layer need no grad, but the cache holds some, so
+    they are concatenated as transformers does (written in place, they would overwrite what backward reads)."""
+    model = tiny_model().requires_grad_(False)
+    inputs = blank_inputs(batch_size=2, part_a=9, part_b=4)
+    head_size = model.config.hidden_size // model.config.num_attention_heads
+    torch.manual_seed(0)
+    prefix_states = [
+        [torch.randn(2, model.config.num_attention_heads, 3, head_size) for _ in range(2)]
+        for _ in range(model.config.num_hidden_layers)
+    ]
+    gradients = []
+    for cache in (GLMDynamicCache(config=model.config), DynamicCache(config=model.config)):
+        if prefix == "cached keys":
+            leaves = [state.clone().requires_grad_() for states in prefix_states for state in states]
+            for layer_idx in range(model.config.num_hidden_layers):
+                cache.update(leaves[2 * layer_idx], leaves[2 * layer_idx + 1], layer_idx)
+            first_column, loss = 0, torch.zeros(())
+        else:
+            leaves = [model.get_input_embeddings()(inputs["input_ids"][:, :9]).detach().requires_grad_()]
+            positions = {name: inputs[name][:, :9] for name in ("position_ids", "block_position_ids")}
+            output = model(inputs_embeds=leaves[0], **positions, prefix_length=9, past_key_values=cache)
+            first_column, loss = 9, output.logits.sum()
+        for column in range(first_column, first_column + 3):
+            step = {name: value[:, column : column + 1] for name, value in inputs.items() if name != "prefix_length"}
+            loss = loss + model(**step, prefix_length=9, past_key_values=cache, use_cache=True).logits.sum()
+        loss.backward()
+        gradients.append([leaf.grad for leaf in leaves])
+    for ours, theirs in zip(*gradients, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cache_filled_in_inference_mode_continues_outside_it() -> None:
+    """generate() under `torch.inference_mode()` (as pipelines run it) returning its cache, then continued outside
+    it: the buffers, inference tensors that cannot be written there, are copied to new ones, and the two runs give
+    the tokens of one."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    one_run = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    with torch.inference_mode():
+        first = model.generate(**inputs, **GREEDY, return_dict_in_generate=True)
+    cache = first[CACHE_OUTPUT_FIELD]
+    assert type(cache) is GLMDynamicCache and cache.layers[0].key_buffer.is_inference()
+    continued = model.generate(
+        first.sequences, **{GENERATE_CACHE_KWARG: cache}, max_new_tokens=2, min_new_tokens=2, do_sample=False
+    )
+    assert continued.tolist() == one_run.tolist()
+    assert not cache.layers[0].key_buffer.is_inference()
 
 
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])

@@ -19,7 +19,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from glm_hf.modeling.modeling_glm import CACHE_OUTPUT_FIELD, GENERATE_CACHE_KWARG
 
-from conftest import tiny_chatglm, tiny_word_tokenizer
+from conftest import blank_inputs, tiny_chatglm, tiny_model, tiny_word_tokenizer
 
 GREEDY = {"do_sample": False}
 
@@ -47,16 +47,38 @@ def test_assisted_greedy_equals_plain_greedy(assistant_seed: int) -> None:
     assert assisted.tolist() == plain.tolist()
 
 
-def test_prompt_lookup_greedy_equals_plain_greedy() -> None:
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+def test_prompt_lookup_greedy_equals_plain_greedy(cache_implementation: str) -> None:
+    """Prompt lookup verifies its drafts in one step, also past max_length (transformers drops the extra tokens
+    afterwards): a static cache has room for them."""
     model = make_model()
     # A prompt that repeats itself, so that prompt lookup finds drafts to propose.
     text = random_text(4, seed=5)
     input_ids, position_ids, block_position_ids, n = build_prompt(text + text, text)
     settings = dict(position_ids=position_ids, block_position_ids=block_position_ids, prefix_length=n)
-    settings.update(max_new_tokens=8, min_new_tokens=8, **GREEDY)
+    settings.update(max_new_tokens=8, min_new_tokens=8, cache_implementation=cache_implementation, **GREEDY)
     plain = model.generate(input_ids, **settings)
-    assert model.generate(input_ids, prompt_lookup_num_tokens=3, **settings).tolist() == plain.tolist()
+    try:
+        looked_up = model.generate(input_ids, prompt_lookup_num_tokens=3, **settings)
+    except ValueError as error:
+        if "not supported with Static cache" not in str(error):
+            raise
+        pytest.skip(f"this transformers release refuses assisted generation on a static cache: {error}")
+    assert looked_up.tolist() == plain.tolist()
+    assert model.generate(input_ids, prompt_lookup_num_tokens=10, **settings).tolist() == plain.tolist()
     assert model.generate(input_ids, prompt_lookup_num_tokens=3).tolist() == model.generate(input_ids).tolist()
+    # Drafts found near the end: the verification step reaches past max_length.
+    inputs = {name: value[:1] for name, value in blank_inputs(part_b=1).items()}
+    options = {"max_new_tokens": 8, "min_new_tokens": 8, "cache_implementation": cache_implementation, **GREEDY}
+    plain = tiny_model().generate(**inputs, **options)
+    assert tiny_model().generate(**inputs, prompt_lookup_num_tokens=3, **options).tolist() == plain.tolist()
+
+
+def test_chunked_prefill_is_refused_part_a_is_bidirectional() -> None:
+    model = make_model()
+    input_ids, settings = blank_prompt_settings()
+    with pytest.raises(ValueError, match="prefill_chunk_size=4 is not supported by GLM: Part A"):
+        model.generate(input_ids, prefill_chunk_size=4, **settings)
 
 
 def test_no_internal_flag_reaches_the_model_kwargs() -> None:
@@ -187,6 +209,16 @@ def test_explicit_positions_for_the_first_columns_continue_by_the_part_b_rule() 
     assert continued.tolist() == one_go.tolist()
 
 
+def test_a_given_static_cache_too_small_for_the_run_is_refused_naming_the_sizes() -> None:
+    model = make_model()
+    input_ids, settings = blank_prompt_settings(new_tokens=4)
+    first = model.generate(input_ids, cache_implementation="static", return_dict_in_generate=True, **settings)
+    cache = first[CACHE_OUTPUT_FIELD]
+    needed = first.sequences.shape[1] + 6 - 1
+    with pytest.raises(ValueError, match=rf"holds {cache.get_max_length()} columns; this run writes {needed}"):
+        model.generate(first.sequences, **{GENERATE_CACHE_KWARG: cache}, max_new_tokens=6, **GREEDY)
+
+
 # ---- streaming ------------------------------------------------------------------------------------------------------
 
 
@@ -284,6 +316,17 @@ PRIVATE_HOOKS = {
     ],
     "_update_model_kwargs_for_generation": ["self", "outputs", "model_kwargs", "is_encoder_decoder", "num_new_tokens"],
     "_prepare_attention_mask_for_generation": ["self", "inputs_tensor", "generation_config", "model_kwargs"],
+    "_prefill": ["self", "input_ids", "generation_config", "model_kwargs", "is_first_iteration"],
+    "_sample": [
+        "self",
+        "input_ids",
+        "logits_processor",
+        "stopping_criteria",
+        "generation_config",
+        "synced_gpus",
+        "streamer",
+        "model_kwargs",
+    ],
 }
 
 

@@ -21,8 +21,8 @@ at every step (its stop check reads a device flag). Here, on a static cache:
 A step that cannot be captured (a host read somewhere in the forward) runs eagerly, with a warning naming the error.
 
 On the CPU the same loop runs the step eagerly and checks the stop flag at every step (nothing runs ahead of the
-host there). Token selection, logits processors, stopping criteria and streamers
-are transformers' own, called as `GenerationMixin._sample` calls them: the tokens are the same.
+host there). Token selection, logits processors, stopping criteria and streamers are transformers' own, called as
+`GenerationMixin._sample` calls them: the tokens are the same.
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ def static_cache_loop_applies(
     synced_gpus: bool,
 ) -> bool:
     """Whether this greedy / sampling run takes the loop here: a static cache, and nothing that needs transformers'
-    loop (per-step attentions or hidden states, synced GPUs, an assistant's run, chunked prefill, PEFT's own
-    per-step inputs)."""
+    loop (per-step attentions or hidden states, synced GPUs, an assistant's run, PEFT's own per-step inputs)."""
     return (
         cache is not None
         and cache.is_compileable
@@ -68,7 +67,6 @@ def static_cache_loop_applies(
         and not generation_config.output_attentions
         and not generation_config.output_hidden_states
         and not generation_config.is_assistant
-        and generation_config.prefill_chunk_size is None
         and "prepare_inputs_for_generation" not in vars(model)  # PEFT's prompt learning patches it per run
     )
 

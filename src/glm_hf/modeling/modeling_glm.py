@@ -214,7 +214,8 @@ class GLMDynamicLayer(DynamicLayer):
     a step reads the cache instead of rewriting it. The first update allocates exactly (a forward that is not
     followed by decoding holds no spare columns). Beam search reorders the buffers; anything else that replaces
     `keys` (batch selection, repeat_interleave, offloading) is adopted at the next update, and `crop` keeps a view.
-    States that require grad are concatenated as transformers does.
+    States that require grad, new or cached, are concatenated as transformers does. Buffers made under
+    `torch.inference_mode()` are copied to new ones before a write outside it (inference tensors are read-only there).
     """
 
     min_growth = 64
@@ -224,8 +225,9 @@ class GLMDynamicLayer(DynamicLayer):
         self.key_buffer: torch.Tensor | None = None
         self.value_buffer: torch.Tensor | None = None
         self._written: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # the views last handed out
-        # The shapes, dtype and device of the states last written in place (they fit the buffers).
-        self._written_layout: tuple[torch.Size, torch.Size, torch.dtype, torch.device] | None = None
+        # The shapes, dtype and device of the states last written in place (they fit the buffers), and whether that
+        # write was in inference mode.
+        self._written_layout: tuple[torch.Size, torch.Size, torch.dtype, torch.device, bool] | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -236,7 +238,8 @@ class GLMDynamicLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if key_states.requires_grad or value_states.requires_grad:
+        cached_grad = self.keys is not None and (self.keys.requires_grad or self.values.requires_grad)
+        if key_states.requires_grad or value_states.requires_grad or cached_grad:
             # Autograd keeps the views a step returns; writing later tokens into their buffer would corrupt them.
             return super().update(key_states, value_states, *args, **kwargs)
         new_columns = key_states.shape[-2]
@@ -251,7 +254,7 @@ class GLMDynamicLayer(DynamicLayer):
                 capacity = total if length == 0 else total + max(self.min_growth, total // 4)
                 self.key_buffer = self._grown(self.keys, key_states, length, capacity)
                 self.value_buffer = self._grown(self.values, value_states, length, capacity)
-            self._written_layout = (key_states.shape, value_states.shape, key_states.dtype, key_states.device)
+            self._written_layout = self._layout(key_states, value_states)
         total = length + new_columns
         self.key_buffer.narrow(-2, length, new_columns).copy_(key_states)
         self.value_buffer.narrow(-2, length, new_columns).copy_(value_states)
@@ -267,9 +270,17 @@ class GLMDynamicLayer(DynamicLayer):
         return (
             self.keys is written_keys
             and self.values is written_values
-            and (key_states.shape, value_states.shape, key_states.dtype, key_states.device) == self._written_layout
+            and self._layout(key_states, value_states) == self._written_layout
             and written_keys.shape[-2] + key_states.shape[-2] <= self.key_buffer.shape[-2]
         )
+
+    @staticmethod
+    def _layout(
+        key_states: torch.Tensor, value_states: torch.Tensor
+    ) -> tuple[torch.Size, torch.Size, torch.dtype, torch.device, bool]:
+        """What a write in place depends on: the new states' shapes, dtype and device, and the inference mode."""
+        inference = torch.is_inference_mode_enabled()
+        return key_states.shape, value_states.shape, key_states.dtype, key_states.device, inference
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the buffers, spare columns included, so that the next token is still written in place (one copy
@@ -304,8 +315,10 @@ class GLMDynamicLayer(DynamicLayer):
         if not self._buffers_back_cache():
             return False
         key_buffer, value_buffer = self.key_buffer, self.value_buffer
+        writable = torch.is_inference_mode_enabled() or not (key_buffer.is_inference() or value_buffer.is_inference())
         return (
-            total <= key_buffer.shape[-2]
+            writable
+            and total <= key_buffer.shape[-2]
             and total <= value_buffer.shape[-2]
             and _same_layout(key_buffer, key_states)
             and _same_layout(value_buffer, value_states)
@@ -1277,9 +1290,21 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         and one up-front position check for the whole run (the one place generate() holds both the resolved length
         and the model inputs): when every id that `max_cache_length` columns can reach fits the position tables,
         the forward passes skip their per-call check (a host-device sync each); otherwise they keep it and raise
-        the clear error when an id actually goes past."""
+        the clear error when an id actually goes past.
+
+        Prompt lookup decoding verifies up to `prompt_lookup_num_tokens` drafted tokens at once, also past
+        `max_length` (transformers drops the extra ones afterwards): the cache and the check make room for them."""
+        if generation_mode == GenerationMode.ASSISTED_GENERATION and generation_config.prompt_lookup_num_tokens:
+            max_cache_length += generation_config.prompt_lookup_num_tokens
         self.glm.run_flags.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
         given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
+        capacity = given.get_max_length() if given is not None and given.is_compileable else None
+        if capacity is not None and capacity < max_cache_length:
+            raise ValueError(
+                f"The static cache given to generate() holds {capacity} columns; this run writes {max_cache_length} "
+                "(the whole sequence but its last token). Pass a StaticCache with max_cache_len >= "
+                f"{max_cache_length}, or ask for fewer new tokens."
+            )
         own_static = given is None and self._keeps_static_cache(generation_config, generation_mode)
         if own_static:  # whole multiples of STATIC_CACHE_COLUMNS: runs of other lengths fit the same cache and graph
             columns = max(max_cache_length, getattr(generation_config, "max_cache_len", None) or 0)
@@ -1309,6 +1334,24 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 self.glm.run_flags.held_positions,
             )
 
+    def _prefill(
+        self,
+        input_ids: torch.LongTensor,
+        generation_config: GenerationConfig,
+        model_kwargs: dict[str, Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """transformers' prefill, refusing `prefill_chunk_size`: a chunk's queries would not see the later columns of
+        Part A, which is bidirectional, and transformers' chunks slice `position_ids` but not GLM's other positions."""
+        if generation_config.prefill_chunk_size is not None:
+            raise ValueError(
+                f"prefill_chunk_size={generation_config.prefill_chunk_size} is not supported by GLM: Part A (the "
+                "prompt's first prefix_length columns) is bidirectional, so its first columns must see its last ones, "
+                "which a chunk fed before them cannot. Prefill the prompt in one piece (prefill_chunk_size=None)."
+            )
+        return super()._prefill(input_ids, generation_config, model_kwargs, *args, **kwargs)
+
     def _keeps_static_cache(self, generation_config: GenerationConfig, generation_mode: Any) -> bool:
         """Whether generate() runs on a static cache that it keeps for the next run (with its captured decode step):
         greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
@@ -1323,7 +1366,6 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             and generation_mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
             and not generation_config.return_dict_in_generate
             and not generation_config.is_assistant
-            and generation_config.prefill_chunk_size is None
             and "prepare_inputs_for_generation" not in vars(self)  # PEFT's prompt learning: its own steps
         )
 
