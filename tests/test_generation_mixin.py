@@ -17,6 +17,7 @@ from test_generation import EOP, build_prompt, default_prompt, make_model, rando
 from transformers import GenerationMixin, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
+from glm_hf.modeling.chatglm_positions import chatglm_position_ids
 from glm_hf.modeling.modeling_glm import CACHE_OUTPUT_FIELD, GENERATE_CACHE_KWARG
 
 from conftest import blank_inputs, tiny_chatglm, tiny_model, tiny_word_tokenizer
@@ -171,6 +172,22 @@ def test_chatglm_continued_from_its_returned_cache_equals_one_run(
     assert continued.sequences.tolist() == one_go.sequences.tolist()
     for whole, parts in zip(one_go.logits[5:], continued.logits, strict=True):
         torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_a_1d_chatglm_gives_new_tokens_the_mask_index_with_its_positions_given_too() -> None:
+    """The positions the model would read from the ids, given: the same logits ([MASK] and [gMASK] rows); drafts
+    (assisted or prompt-lookup decoding, whose positions transformers numbers up) are refused."""
+    model = tiny_chatglm(block_position_encoding=False)
+    ids = torch.tensor([[20, 21, 89, 22, 23, 24, 5], [30, 31, 32, 33, 34, 90, 5]])
+    settings = {"return_dict_in_generate": True, "output_logits": True, "max_new_tokens": 5, **GREEDY}
+    read = model.generate(ids, **settings)
+    config = model.config
+    positions = chatglm_position_ids(ids, config.mask_token_id, config.gmask_token_id, 5, position_encoding_2d=False)
+    given = model.generate(ids, position_ids=positions, **settings)
+    for expected, got in zip(read.logits, given.logits, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not supported for a 1-D ChatGLM"):
+        model.generate(ids, prompt_lookup_num_tokens=3, max_new_tokens=5, **GREEDY)
 
 
 def test_continuing_from_inputs_embeds_and_a_cache_equals_generating_in_one_go() -> None:

@@ -13,7 +13,7 @@ import glm_hf
 from glm_hf.cli import main
 from glm_hf.infilling import build_generation_inputs, encode_prompt, fill_blanks, length_sorted_batches
 
-from conftest import tiny_config, tiny_word_tokenizer
+from conftest import tiny_chatglm, tiny_config, tiny_word_tokenizer
 
 TEXTS = [
     "the king [MASK] the queen and the [MASK] of the house .",
@@ -131,6 +131,30 @@ def test_bad_inputs_get_clear_errors(model, tokenizer):
         fill_blanks(model, tokenizer, TEXTS[1], num_return_sequences=2)
     with pytest.raises(ValueError, match="attention_mask, use_cache"):
         fill_blanks(model, tokenizer, TEXTS[1], use_cache=False, attention_mask=None)
+
+
+@pytest.mark.parametrize("kind", ["chatglm", "no block positions"])
+def test_models_blank_infilling_cannot_prompt_are_refused_saying_why(tokenizer, kind: str, tmp_path):
+    if kind == "chatglm":
+        model, message = tiny_chatglm(), "this model is a ChatGLM, prompted as `text \\[gMASK\\] <sop>`"
+    else:
+        model = glm_hf.GLMForConditionalGeneration(tiny_config(block_position_encoding=False)).eval()
+        message = "this model has no block positions"
+    with pytest.raises(ValueError, match=message):
+        fill_blanks(model, tokenizer, TEXTS[1], max_new_tokens=2)
+    with pytest.raises(ValueError, match=message):
+        build_generation_inputs(tokenizer, model.config, TEXTS[1])
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(SystemExit, match=f"glm-hf infill: error: .*{message}"):
+        main(["infill", "--model", str(tmp_path), TEXTS[1], "--max-new-tokens", "2"])
+
+
+def test_build_generation_inputs_takes_one_text_as_a_string(model, tokenizer):
+    one = build_generation_inputs(tokenizer, model.config, TEXTS[1])
+    listed = build_generation_inputs(tokenizer, model.config, [TEXTS[1]])
+    assert one.keys() == listed.keys() and all(torch.equal(one[name], listed[name]) for name in one)
+    assert one["input_ids"].shape[0] == 1
 
 
 def test_generation_options_come_from_the_model_generation_config_too(model, tokenizer):

@@ -15,7 +15,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .blank_infilling import CORPUS_SUFFIXES, read_text_records
-from .infilling import InfillingResult, check_span_length, fill_blanks, length_sorted_batches, prepare_blanks
+from .infilling import (
+    InfillingResult,
+    check_infilling_model,
+    check_span_length,
+    fill_blanks,
+    length_sorted_batches,
+    prepare_blanks,
+)
 from .progress import bytes_under, is_long_work, transformers_progress_bars
 
 # What `--output` writes, by its extension.
@@ -144,6 +151,7 @@ def run_infill(args: argparse.Namespace) -> None:
     check_arguments(args)
     texts = read_texts(args.input) if args.input is not None else args.texts
     model, tokenizer = load_model(args.model)
+    check_infilling_model(model.config)
     check_span_length(model.config, args.max_new_tokens)
     check_texts(tokenizer, model.config, texts, args.input)
     if args.seed is not None:

@@ -48,6 +48,23 @@ class InfillingResult:
     spans: list[str]
 
 
+def check_infilling_model(config: GLMConfig) -> None:
+    """Refuse, saying why, a model that GLM's blank infilling cannot prompt: a ChatGLM (prompted as
+    `text [gMASK] <sop>`, positions read from the ids) or a GLM without block positions (Part B columns are told
+    apart by them here, as in every released GLM)."""
+    if config.positions_from_ids:
+        raise ValueError(
+            "Blank infilling builds GLM's `[CLS] text [eos] [sop]` prompts; this model is a ChatGLM, prompted as "
+            "`text [gMASK] <sop>` with positions read from the ids: call model.generate(**tokenizer(text)) instead."
+        )
+    if not config.block_position_encoding:
+        raise ValueError(
+            "Blank infilling gives each generated token its blank's position and block positions 1, 2, ...; this "
+            "model has no block positions (block_position_encoding=False): generate from "
+            "`[CLS] text [eos] [sop]` with model.generate, whose new tokens count positions up."
+        )
+
+
 def mask_token_ids(config: GLMConfig) -> list[int]:
     """The ids that mark a blank: [MASK], and [sMASK] / [gMASK] where the family has them."""
     ids = [config.mask_token_id, config.smask_token_id, config.gmask_token_id]
@@ -116,13 +133,16 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 def build_generation_inputs(
-    tokenizer: PreTrainedTokenizerBase, config: GLMConfig, texts: Sequence[str]
+    tokenizer: PreTrainedTokenizerBase, config: GLMConfig, texts: str | Sequence[str]
 ) -> dict[str, torch.Tensor]:
-    """A left-padded batch of `[CLS] text [eos] [sop]` prompts that `model.generate(**inputs)` fills (first blank).
+    """A left-padded batch of `[CLS] text [eos] [sop]` prompts (one text, or several) that `model.generate(**inputs)`
+    fills (first blank).
 
     Part A (the prompt, pads included) is `prefix_length`; [sop] takes the first mask's position and block
     position 1, so `generate()` continues that blank.
     """
+    check_infilling_model(config)
+    texts = [texts] if isinstance(texts, str) else list(texts)
     contexts = [encode_prompt(tokenizer, config, prompt_text(text, config)) for text in texts]
     masks = set(mask_token_ids(config))
     first_masks = [next(index for index, token in enumerate(ids) if token in masks) for ids in contexts]
@@ -213,6 +233,7 @@ def fill_blanks(
     generated tokens of every blank in turn, and `end()` once after the last; like transformers' streamers it takes
     one text at a time.
     """
+    check_infilling_model(model.config)
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         return []

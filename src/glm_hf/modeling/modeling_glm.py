@@ -669,6 +669,9 @@ class GenerationRunFlags:
     `NO_RUN_FLAGS` instead (`for_this_thread`). A copy of the model starts with no run."""
 
     def __init__(self) -> None:
+        self._set_defaults()
+
+    def _set_defaults(self) -> None:
         self.thread: int | None = None  # the thread whose run set them; None between runs
         # Every position id the run can reach fits the tables (checked once up front): forwards skip their per-call
         # range check, a host-device sync.
@@ -691,9 +694,10 @@ class GenerationRunFlags:
         return NO_RUN_FLAGS
 
     def begin(self) -> dict[str, Any]:
-        """Take the flags for a run in this thread; what they were, for `restore` when the run ends (a run nested in
-        another on this thread gives the outer one its flags back)."""
+        """Take the flags, at their defaults, for a run in this thread; what they were, for `restore` when the run
+        ends (a run nested in another on this thread gives the outer one its flags back)."""
         saved = dict(vars(self))
+        self._set_defaults()
         self.thread = threading.get_ident()
         return saved
 
@@ -1174,7 +1178,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         prefix_length = kwargs.get("prefix_length")
         earlier: GLMGenerationRun | None = getattr(cache, "glm_generation_run", None) if cached else None
         earlier = earlier.for_batch(batch_size) if earlier is not None else None
-        if position_ids is None and block_position_ids is None and earlier is not None:
+        continues_earlier = position_ids is None and block_position_ids is None and earlier is not None
+        if continues_earlier:
             position_ids, block_position_ids = earlier.position_ids, earlier.block_position_ids
             if prefix_length is None:
                 prefix_length = earlier.prefix_length
@@ -1190,14 +1195,19 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             position_ids, block_position_ids, _ = chatglm_prompt_positions(
                 prompt, self.config, kwargs.get("attention_mask")
             )
-            if not self.config.block_position_encoding:  # 1-D: new tokens take the mask's index, [gMASK] rows too
-                self.glm.run_flags.held_positions = chatglm_mask_positions(
-                    prompt, self.config, kwargs.get("attention_mask")
-                )
         else:  # a first pass: ids may be shorter by the soft-prompt columns leading inputs_embeds
             position_ids, block_position_ids, prefix_length = align_positions_to_input(
                 position_ids, block_position_ids, prefix_length, query_length=length, past_length=0
             )
+        one_d_chatglm = self.config.positions_from_ids and not self.config.block_position_encoding
+        if one_d_chatglm and not continues_earlier:  # new tokens take the mask's index ([gMASK] rows too)
+            if prompt is None or prompt.shape[1] != length:
+                raise ValueError(
+                    "A 1-D ChatGLM (block_position_encoding=False) gives every new token the index of the prompt's "
+                    "[MASK]/[gMASK], which only its ids tell: pass input_ids (with inputs_embeds, both)."
+                )
+            mask = kwargs.get("attention_mask")
+            self.glm.run_flags.held_positions = chatglm_mask_positions(prompt, self.config, mask)
         if position_ids is None:
             position_ids = default_position_ids(
                 torch.arange(length, device=columns.device), batch_size, kwargs.get("attention_mask")
@@ -1293,9 +1303,16 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         the clear error when an id actually goes past.
 
         Prompt lookup decoding verifies up to `prompt_lookup_num_tokens` drafted tokens at once, also past
-        `max_length` (transformers drops the extra ones afterwards): the cache and the check make room for them."""
-        if generation_mode == GenerationMode.ASSISTED_GENERATION and generation_config.prompt_lookup_num_tokens:
-            max_cache_length += generation_config.prompt_lookup_num_tokens
+        `max_length` (transformers drops the extra ones afterwards): the cache and the check make room for them. A 1-D
+        ChatGLM is refused drafts (transformers would number their positions up)."""
+        if generation_mode == GenerationMode.ASSISTED_GENERATION:
+            if self.glm.run_flags.held_positions is not None:
+                raise ValueError(
+                    "Assisted and prompt-lookup decoding are not supported for a 1-D ChatGLM "
+                    "(block_position_encoding=False): transformers numbers the drafted tokens' positions up, while "
+                    "every new token of this model takes the index of the prompt's mask. Decode without them."
+                )
+            max_cache_length += generation_config.prompt_lookup_num_tokens or 0
         self.glm.run_flags.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
         given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         capacity = given.get_max_length() if given is not None and given.is_compileable else None
