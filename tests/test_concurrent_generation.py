@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_fast_decoding import count_graphs, left_padded_prompts
 from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
+from transformers.utils import ModelOutput
 
 import glm_hf
 
@@ -123,27 +124,34 @@ def test_a_compiled_forward_is_not_recompiled_when_a_run_begins_or_ends() -> Non
 
 @pytest.mark.parametrize("outer", ["kept static cache", "1-D ChatGLM"])
 def test_a_run_inside_a_run_on_the_same_model_leaves_the_outer_run_its_tokens(outer: str) -> None:
-    """A logits processor that generates with the same model: the inner run takes a static cache of its own (the
-    outer one decodes on the kept cache) and the outer run gets its flags back (its padding mask, and the held
-    positions of a 1-D ChatGLM)."""
+    """A logits processor that generates with the same model, a batch of the same size: the inner run takes a static
+    cache of its own (the outer one decodes on the kept cache, which stays) and the outer run gets its flags back
+    (its padding mask, and the held positions of a 1-D ChatGLM, compared by their logits: the tiny ChatGLM's tokens
+    do not depend on its positions)."""
     if outer == "kept static cache":
         model = tiny_model()
         outer_inputs = left_padded_prompts()
         options = {"cache_implementation": "static", **GREEDY}
     else:
         model = tiny_chatglm(block_position_encoding=False)
-        outer_inputs = {"input_ids": torch.tensor([[11, 12, 13, 90, 5], [21, 22, 23, 90, 5]])}
-        options = dict(GREEDY)
-    inner_inputs = {"input_ids": outer_inputs["input_ids"][:1, -3:]}
-    outer_alone = model.generate(**outer_inputs, **options).tolist()
-    inner_alone = model.generate(**inner_inputs, **options).tolist()
-    inner_runs: list[list[list[int]]] = []
-    nested = CallDuringRun(lambda: inner_runs.append(model.generate(**inner_inputs, **options).tolist()))
+        outer_inputs = {"input_ids": torch.tensor([[11, 12, 89, 13, 5], [21, 22, 23, 90, 5]])}
+        options = {"return_dict_in_generate": True, "output_logits": True, **GREEDY}
 
-    outer_nesting = model.generate(**outer_inputs, logits_processor=LogitsProcessorList([nested]), **options)
-    assert inner_runs == [inner_alone]
-    assert outer_nesting.tolist() == outer_alone
-    assert model.generation_lock.depth == 0
+    def outputs(result: torch.Tensor | ModelOutput) -> list[list[int]] | list[torch.Tensor]:
+        return result.tolist() if torch.is_tensor(result) else list(result.logits)
+
+    inner_inputs = {"input_ids": outer_inputs["input_ids"][:, -3:]}
+    outer_alone = outputs(model.generate(**outer_inputs, **options))
+    kept = model.kept_static_cache
+    inner_alone = outputs(model.generate(**inner_inputs, **options))
+    inner_runs: list = []
+    nested = CallDuringRun(lambda: inner_runs.append(outputs(model.generate(**inner_inputs, **options))))
+
+    outer_nesting = outputs(model.generate(**outer_inputs, logits_processor=LogitsProcessorList([nested]), **options))
+    torch.testing.assert_close(inner_runs, [inner_alone], rtol=0, atol=0)
+    torch.testing.assert_close(outer_nesting, outer_alone, rtol=0, atol=0)
+    assert model.kept_static_cache is kept  # the outer run's: the inner one took a cache of its own
+    assert model.glm.run_flags.thread is None and not model.glm.run_flags.nested
 
 
 def test_copies_of_a_model_share_no_run_state_and_generate_alike(tmp_path) -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_generation import EOP, build_prompt, default_prompt, make_model, random_text
 from transformers import GenerationMixin, TextIteratorStreamer
+from transformers.cache_utils import StaticCache
 from transformers.generation.streamers import BaseStreamer
 
 from glm_hf.modeling.chatglm_positions import chatglm_position_ids
@@ -157,9 +158,11 @@ def test_chatglm_continued_from_its_returned_cache_equals_one_run(
     positions), which the second call, with no [gMASK] among its new columns, gets from the cached run."""
     model = tiny_chatglm(block_position_encoding)
     ids = torch.tensor([[20, 30, 40, 90, 5], [21, 31, 41, 90, 5]])
-    settings = {"return_dict_in_generate": True, "output_logits": True, "cache_implementation": cache_implementation}
+    settings = {"return_dict_in_generate": True, "output_logits": True}
     one_go = model.generate(ids, max_new_tokens=8, min_new_tokens=8, **settings, **GREEDY)
-    first = model.generate(ids, max_new_tokens=5, min_new_tokens=5, **settings, **GREEDY)
+    # The first run's cache must hold the second run's columns too: a static one is made for both.
+    cache = StaticCache(config=model.config, max_cache_len=16) if cache_implementation == "static" else None
+    first = model.generate(ids, past_key_values=cache, max_new_tokens=5, min_new_tokens=5, **settings, **GREEDY)
     continued = model.generate(
         first.sequences,
         **{GENERATE_CACHE_KWARG: first[CACHE_OUTPUT_FIELD]},

@@ -166,6 +166,21 @@ def test_lora_without_target_modules_adapts_every_block_projection() -> None:
     } == {"base_model.model.classifier"}
 
 
+def test_lora_generation_decodes_on_the_kept_static_cache_as_the_bare_model_does() -> None:
+    """PEFT's generate() takes its turn under the base model's lock without making its run look nested: the static
+    cache generate() keeps serves LoRA runs too, call after call."""
+    model = get_peft_model(tiny_model(), LoraConfig(task_type="CAUSAL_LM", r=4)).eval()
+    base = model.get_base_model()
+    batch = padded_blank_batch()
+    settings = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "cache_implementation": "static"}
+    with torch.no_grad():
+        first = model.generate(**batch, **settings)
+        kept = base.kept_static_cache
+        second = model.generate(**batch, **settings)
+    assert kept is not None and base.kept_static_cache is kept
+    assert first.tolist() == second.tolist()
+
+
 def test_lora_training_save_reload_and_merge_give_the_same_logits(tmp_path) -> None:
     batch = padded_blank_batch()
     labels = batch["input_ids"].clone()

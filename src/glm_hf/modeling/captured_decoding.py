@@ -13,10 +13,10 @@ at every step (its stop check reads a device flag). Here, on a static cache:
   torch.compile's own CUDA graphs (the graph here holds the whole step);
 - on CUDA the stop check reads the previous step's flag, so the host queues a step while the device still runs the
   last one (transformers' `DeferredStopCheck`, which it uses on MPS). The one step too many is undone, its random
-  draw included (a seeded run leaves the generator as transformers' loop does); its logits processors and stopping
-  criteria have seen it, as transformers' deferred check lets them. Where the cache outlives the call (a caller's or
-  a returned one), or a streamer reads every token anyway, the flag is read at every step instead, so that the
-  cache holds exactly the columns transformers' loop would leave.
+  numbers included (a seeded run leaves the generator as transformers' loop does); its logits processors and
+  stopping criteria have seen it, as transformers' deferred check lets them. Where the cache outlives the call (a
+  caller's or a returned one), or a streamer reads every token anyway, the flag is read at every step instead, so
+  that the cache holds exactly the columns transformers' loop would leave.
 
 A step that cannot be captured (a host read somewhere in the forward) runs eagerly, with a warning naming the error.
 
@@ -241,9 +241,9 @@ class StopFlag:
     def __init__(self, device: torch.device, deferred: bool) -> None:
         self.deferred = deferred
         cuda = device.type == "cuda"
-        # Deferred: the generator a sampled token draws from, and its state before the latest step's draw.
+        # Deferred: the device's default generator (sampling, dropout) and its state before the latest decode step.
         self.generator = default_generator(device) if deferred else None
-        self.state_before_draw: torch.Tensor | None = None
+        self.state_before_step: torch.Tensor | None = None
         # Two slots: the flag of this step is copied into one while the other's (the step before) is read.
         self.flags = [torch.zeros((), dtype=torch.bool, pin_memory=cuda) for _ in range(2)]
         self.events = [torch.cuda.Event() if cuda else None for _ in range(2)]
@@ -266,15 +266,16 @@ class StopFlag:
             self.events[earlier].synchronize()
         return bool(self.flags[earlier])
 
-    def before_draw(self) -> None:
-        """Deferred: keep the generator's state before a step samples its tokens (host only, no device sync)."""
+    def before_step(self) -> None:
+        """Deferred: keep the generator's state before a decode step (host only, no device sync)."""
         if self.generator is not None:
-            self.state_before_draw = self.generator.get_state()
+            self.state_before_step = self.generator.get_state()
 
-    def undo_draw(self) -> None:
-        """Give the generator back the state it had before the undone step's draw."""
-        if self.generator is not None and self.state_before_draw is not None:
-            self.generator.set_state(self.state_before_draw)
+    def undo_step(self) -> None:
+        """Give the generator back the state it had before the undone step: what its forward (dropout in training
+        mode) and the token drawn from it took."""
+        if self.generator is not None and self.state_before_step is not None:
+            self.generator.set_state(self.state_before_step)
 
 
 def default_generator(device: torch.device) -> torch.Generator:
@@ -329,7 +330,6 @@ def decode_on_static_cache(
         if raw_logits is not None:
             raw_logits += (next_token_logits,)
         if generation_config.do_sample:
-            stop.before_draw()
             probs = nn.functional.softmax(next_token_scores, dim=-1)
             next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
         else:
@@ -347,10 +347,11 @@ def decode_on_static_cache(
             break
         if step is None:
             step = start_step(model, cache, input_ids, model_kwargs, max_length, compile_step, generation_config)
+        stop.before_step()
         next_token_logits = step(next_tokens).clone()
 
     if undo:
-        stop.undo_draw()
+        stop.undo_step()
         input_ids = input_ids[:, :-undo]
         scores = scores[:-undo] if scores is not None else None
         raw_logits = raw_logits[:-undo] if raw_logits is not None else None

@@ -684,6 +684,12 @@ class GenerationRunFlags:
         self.padding_free = False
         # A 1-D ChatGLM's [B, 1] position of every new token (the index of the row's mask).
         self.held_positions: torch.Tensor | None = None
+        # The run began inside another run on this thread (a logits processor, stopping criterion or streamer that
+        # generates with the same model): the outer run is decoding on the kept static cache.
+        self.nested = False
+        # The run decodes on a static cache generate() made for it (the kept one, or a nested run's own), not a
+        # caller's: nothing outside the run reads it.
+        self.own_static_cache = False
 
     def for_this_thread(self) -> GenerationRunFlags:
         """These flags in the thread of their run, else `NO_RUN_FLAGS`; `NO_RUN_FLAGS` in compiled code too, where
@@ -699,6 +705,7 @@ class GenerationRunFlags:
         saved = dict(vars(self))
         self._set_defaults()
         self.thread = threading.get_ident()
+        self.nested = saved["thread"] is not None  # the lock is this thread's: an open run is an outer one of ours
         return saved
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -714,19 +721,16 @@ NO_RUN_FLAGS = GenerationRunFlags()  # what a forward outside any generate() run
 class GenerationLock:
     """Lets one `generate()` run of a model proceed at a time: runs share the model's kept static cache, captured
     decode steps and run flags. Re-entrant, so that a logits processor or streamer may generate with the same model
-    (`depth` counts the runs its thread has open). A copy of the model gets a lock of its own."""
+    (`GenerationRunFlags.nested`). A copy of the model gets a lock of its own."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self.depth = 0
 
     def __enter__(self) -> GenerationLock:
         self._lock.acquire()
-        self.depth += 1
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.depth -= 1
         self._lock.release()
 
     def __reduce__(self) -> tuple[type, tuple[()]]:
@@ -1304,7 +1308,15 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
         Prompt lookup decoding verifies up to `prompt_lookup_num_tokens` drafted tokens at once, also past
         `max_length` (transformers drops the extra ones afterwards): the cache and the check make room for them. A 1-D
-        ChatGLM is refused drafts (transformers would number their positions up)."""
+        ChatGLM is refused drafts (transformers would number their positions up), and every model a chunked prefill
+        (refused here, before any cache is touched)."""
+        if generation_config.prefill_chunk_size is not None:
+            raise ValueError(
+                f"prefill_chunk_size={generation_config.prefill_chunk_size} is not supported by GLM: Part A (the "
+                "prompt's first prefix_length columns) is bidirectional, so its first columns must see its last ones, "
+                "which a chunk fed before them cannot. Prefill the prompt in one piece (prefill_chunk_size=None)."
+            )
+        drafts = 0
         if generation_mode == GenerationMode.ASSISTED_GENERATION:
             if self.glm.run_flags.held_positions is not None:
                 raise ValueError(
@@ -1312,17 +1324,20 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                     "(block_position_encoding=False): transformers numbers the drafted tokens' positions up, while "
                     "every new token of this model takes the index of the prompt's mask. Decode without them."
                 )
-            max_cache_length += generation_config.prompt_lookup_num_tokens or 0
+            drafts = generation_config.prompt_lookup_num_tokens or 0
+            max_cache_length += drafts
         self.glm.run_flags.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
         given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         capacity = given.get_max_length() if given is not None and given.is_compileable else None
         if capacity is not None and capacity < max_cache_length:
+            also = f" and {drafts} columns for prompt lookup's drafts" if drafts else ""
             raise ValueError(
                 f"The static cache given to generate() holds {capacity} columns; this run writes {max_cache_length} "
-                "(the whole sequence but its last token). Pass a StaticCache with max_cache_len >= "
+                f"(the whole sequence but its last token{also}). Pass a StaticCache with max_cache_len >= "
                 f"{max_cache_length}, or ask for fewer new tokens."
             )
         own_static = given is None and self._keeps_static_cache(generation_config, generation_mode)
+        self.glm.run_flags.own_static_cache = own_static
         if own_static:  # whole multiples of STATIC_CACHE_COLUMNS: runs of other lengths fit the same cache and graph
             columns = max(max_cache_length, getattr(generation_config, "max_cache_len", None) or 0)
             columns = -(-columns // STATIC_CACHE_COLUMNS) * STATIC_CACHE_COLUMNS
@@ -1351,24 +1366,6 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 self.glm.run_flags.held_positions,
             )
 
-    def _prefill(
-        self,
-        input_ids: torch.LongTensor,
-        generation_config: GenerationConfig,
-        model_kwargs: dict[str, Any],
-        *args: Any,
-        **kwargs: Any,
-    ) -> Any:
-        """transformers' prefill, refusing `prefill_chunk_size`: a chunk's queries would not see the later columns of
-        Part A, which is bidirectional, and transformers' chunks slice `position_ids` but not GLM's other positions."""
-        if generation_config.prefill_chunk_size is not None:
-            raise ValueError(
-                f"prefill_chunk_size={generation_config.prefill_chunk_size} is not supported by GLM: Part A (the "
-                "prompt's first prefix_length columns) is bidirectional, so its first columns must see its last ones, "
-                "which a chunk fed before them cannot. Prefill the prompt in one piece (prefill_chunk_size=None)."
-            )
-        return super()._prefill(input_ids, generation_config, model_kwargs, *args, **kwargs)
-
     def _keeps_static_cache(self, generation_config: GenerationConfig, generation_mode: Any) -> bool:
         """Whether generate() runs on a static cache that it keeps for the next run (with its captured decode step):
         greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
@@ -1388,9 +1385,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     def _kept_static_cache(self, batch_size: int, max_cache_length: int) -> StaticCache:
         """The kept static cache, emptied, when it fits this run (batch, dtype, device, at least `max_cache_length`
-        columns); else a new one, kept in its place. A run nested in another (`GenerationLock.depth`) gets a cache of
-        its own: the outer run is still decoding on the kept one."""
-        if self.generation_lock.depth > 1:
+        columns); else a new one, kept in its place. A run nested in another (`GenerationRunFlags.nested`) gets a
+        cache of its own: the outer run is still decoding on the kept one."""
+        if self.glm.run_flags.nested:
             return StaticCache(config=self.config, max_cache_len=max_cache_length)
         key = (batch_size, self.dtype, self.device, torch.is_inference_mode_enabled())
         if self.kept_static_cache is not None:
@@ -1426,11 +1423,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 streamer=streamer,
                 **model_kwargs,
             )
-        kept = self.kept_static_cache is not None and cache is self.kept_static_cache[-1]
-        # The kept cache without `cache_implementation`: the CUDA default, whose step is captured, not compiled.
-        chosen_by_default = kept and generation_config.cache_implementation is None
+        own = self.glm.run_flags.own_static_cache  # generate()'s own cache (the kept one, or a nested run's)
+        # Its own cache without `cache_implementation`: the CUDA default, whose step is captured, not compiled.
+        chosen_by_default = own and generation_config.cache_implementation is None
         compile_step = not chosen_by_default and self._valid_auto_compile_criteria(model_kwargs, generation_config)
-        cache_outlives_call = generation_config.return_dict_in_generate or not kept
+        cache_outlives_call = generation_config.return_dict_in_generate or not own
         self.glm.run_flags.fixed_shape_decoding = not cache_outlives_call
         return decode_on_static_cache(
             self,
