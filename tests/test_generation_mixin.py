@@ -77,10 +77,18 @@ def test_prompt_lookup_greedy_equals_plain_greedy(cache_implementation: str) -> 
 
 
 def test_chunked_prefill_is_refused_part_a_is_bidirectional() -> None:
+    """Refused where transformers would prefill in chunks; prompt lookup, which never does, ignores the option as
+    transformers does (it may come from a saved generation config)."""
     model = make_model()
     input_ids, settings = blank_prompt_settings()
     with pytest.raises(ValueError, match="prefill_chunk_size=4 is not supported by GLM: Part A"):
         model.generate(input_ids, prefill_chunk_size=4, **settings)
+    with pytest.raises(ValueError, match="prefill_chunk_size=4 is not supported by GLM: Part A"):
+        model.generate(input_ids, prefill_chunk_size=4, num_beams=2, **settings)
+    plain = model.generate(input_ids, prompt_lookup_num_tokens=3, **settings)
+    assert model.generate(input_ids, prompt_lookup_num_tokens=3, prefill_chunk_size=4, **settings).tolist() == (
+        plain.tolist()
+    )
 
 
 def test_no_internal_flag_reaches_the_model_kwargs() -> None:

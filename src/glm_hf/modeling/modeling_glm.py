@@ -676,16 +676,16 @@ class GenerationRunFlags:
         # Every position id the run can reach fits the tables (checked once up front): forwards skip their per-call
         # range check, a host-device sync.
         self.positions_prechecked = False
-        # Decode steps on the static cache generate() keeps (shapes fixed across steps and runs): their attention
-        # may take cuDNN (`attention_backends`). A caller's cache, whose shapes change from call to call (fill_blanks
-        # makes one per batch), keeps cuDNN out: its first plan for a new shape is slow.
+        # Decode steps on a static cache of generate()'s own (the kept one: shapes fixed across steps and runs):
+        # their attention may take cuDNN (`attention_backends`). A caller's cache, whose shapes change from call to
+        # call (fill_blanks makes one per batch), keeps cuDNN out: its first plan for a new shape is slow.
         self.fixed_shape_decoding = False
         # No padding mask was given: no row is padded, so decode steps need no mask beyond GLM's own.
         self.padding_free = False
         # A 1-D ChatGLM's [B, 1] position of every new token (the index of the row's mask).
         self.held_positions: torch.Tensor | None = None
         # The run began inside another run on this thread (a logits processor, stopping criterion or streamer that
-        # generates with the same model): the outer run is decoding on the kept static cache.
+        # generates with the same model): the outer run may be decoding on the kept static cache.
         self.nested = False
         # The run decodes on a static cache generate() made for it (the kept one, or a nested run's own), not a
         # caller's: nothing outside the run reads it.
@@ -1309,8 +1309,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         Prompt lookup decoding verifies up to `prompt_lookup_num_tokens` drafted tokens at once, also past
         `max_length` (transformers drops the extra ones afterwards): the cache and the check make room for them. A 1-D
         ChatGLM is refused drafts (transformers would number their positions up), and every model a chunked prefill
-        (refused here, before any cache is touched)."""
-        if generation_config.prefill_chunk_size is not None:
+        (refused here, before any cache is touched; assisted decoding never prefills in chunks, so it goes on)."""
+        chunked_prefill = generation_mode != GenerationMode.ASSISTED_GENERATION
+        if chunked_prefill and generation_config.prefill_chunk_size is not None:
             raise ValueError(
                 f"prefill_chunk_size={generation_config.prefill_chunk_size} is not supported by GLM: Part A (the "
                 "prompt's first prefix_length columns) is bidirectional, so its first columns must see its last ones, "
