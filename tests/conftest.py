@@ -28,17 +28,20 @@ TINY_TOKEN_IDS = {
 }
 
 
+# The tiny models' shape: 2 layers, 64 wide, 4 heads, 96 tokens; `initializer_range` large enough for
+# non-degenerate outputs.
+TINY_SHAPE: dict[str, Any] = {
+    "vocab_size": 96,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "initializer_range": 0.3,
+}
+
+
 def tiny_config(**overrides: Any) -> glm_hf.GLMConfig:
-    """A 2-layer, 64-wide GLM over 96 tokens; `initializer_range` large enough for non-degenerate outputs."""
-    values: dict[str, Any] = {
-        "vocab_size": 96,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 65,
-        "initializer_range": 0.3,
-        **TINY_TOKEN_IDS,
-    }
+    """A tiny GLM (`TINY_SHAPE`) with 65 position rows."""
+    values: dict[str, Any] = {**TINY_SHAPE, "max_position_embeddings": 65, **TINY_TOKEN_IDS}
     values.update(overrides)
     return glm_hf.GLMConfig(**values)
 
@@ -61,13 +64,11 @@ def tiny_model(
 
 
 def tiny_chatglm(block_position_encoding: bool = True) -> glm_hf.GLMForConditionalGeneration:
-    """A random tiny ChatGLM (rotary positions read from the ids, [gMASK] 90, [sop] 5), 2-D or 1-D positions."""
+    """A random tiny ChatGLM (`TINY_SHAPE`; rotary positions read from the ids, [gMASK] 90, [sop] 5), 2-D or 1-D
+    positions."""
     config = glm_hf.GLMConfig.from_preset(
         "chatglm-6b",
-        vocab_size=96,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_SHAPE,
         intermediate_size=256,
         max_position_embeddings=64,
         block_position_encoding=block_position_encoding,
@@ -78,7 +79,6 @@ def tiny_chatglm(block_position_encoding: bool = True) -> glm_hf.GLMForCondition
         mask_token_id=89,
         gmask_token_id=90,
         smask_token_id=91,
-        initializer_range=0.3,
     )
     torch.manual_seed(0)
     return glm_hf.GLMForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
