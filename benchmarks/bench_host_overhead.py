@@ -3,15 +3,17 @@
 On a GPU, a glm-2b decode step reads 3.84 GB of weights in ~1 ms, so the Python and dispatcher work around the
 kernels decides the speed. A model of glm-2b's depth (36 layers) at width 64 has almost no arithmetic: its eager
 decode step on one CPU thread is that host work. Reported, for this checkout and for `--baseline` (a git revision,
-run from `git archive` in a subprocess):
+run from `git archive`), each probed in fresh subprocesses that take turns for `--rounds` rounds:
 
 - ATen operators dispatched per layer and per step outside the layers (counted with a `TorchDispatchMode`; exact,
   the same on every machine);
 - the host time of one `generate()` decode step, `(t(N) - t(1)) / (N - 1)` over N new tokens, each t the fastest
-  of the repeats (interleaved): on a shared machine other processes only ever add time, so the minimum is the
-  stablest estimate (a median of differences swung by 2x between runs there);
+  of the repeats (interleaved), then the fastest of the rounds: on a shared machine other processes only ever add
+  time, so the minimum is the stablest estimate (a median of differences swung by 2x between runs there, and the
+  machine's speed drifts by a quarter over minutes);
 - the host time of the same step made of bare ATen calls over the same weights (no modules, cache object or
-  generation loop), in this run: the floor that no eager model of these operators can go under.
+  generation loop), in this run and in inference mode, as `generate()` decodes a plain run: the floor that no eager
+  model of these operators can go under.
 
 Usage:
     PYTHONPATH=src python benchmarks/bench_host_overhead.py [--baseline d81a4e1] [--output benchmarks/RESULTS.md]
@@ -26,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -190,20 +194,26 @@ def bare_step_seconds(layers: int, width: int, prompt_length: int, new_tokens: i
             token = step(token, column)
         return time.perf_counter() - start
 
-    with torch.no_grad():
+    with torch.inference_mode():
         run(new_tokens)  # warm-up
         return min(run(new_tokens) for _ in range(repeats)) / new_tokens
 
 
-def measure_revision(revision: str, args: argparse.Namespace) -> dict[str, float]:
-    """`measure` run on the package of a git revision (its `src/`), in a subprocess."""
+@contextmanager
+def revision_source(revision: str) -> Iterator[Path]:
+    """The `src/` folder of a git revision, extracted with `git archive` into a temporary folder."""
     with tempfile.TemporaryDirectory() as folder:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "src"], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
-        env = {**os.environ, "PYTHONPATH": str(Path(folder) / "src")}
-        command = [sys.executable, __file__, "--probe", *sys.argv[1:]]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        yield Path(folder) / "src"
+
+
+def probe(source: Path) -> dict[str, float]:
+    """`measure` run on the package in `source`, in a fresh subprocess."""
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    command = [sys.executable, __file__, "--probe", *sys.argv[1:]]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -212,18 +222,26 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="hidden size: 64 leaves only the host work")
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per probe")
+    parser.add_argument("--rounds", type=int, default=3, help="probes per revision, the revisions taking turns")
     parser.add_argument("--baseline", default="d81a4e1", help="git revision to compare with ('' to skip)")
     parser.add_argument("--output", type=Path, nargs="?", const=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # internal: print this tree's JSON
     args = parser.parse_args()
-    figures = measure(args.layers, args.width, args.prompt, args.new_tokens, args.repeats)
     if args.probe:
-        print(json.dumps(figures))
+        print(json.dumps(measure(args.layers, args.width, args.prompt, args.new_tokens, args.repeats)))
         return
-    rows = [("this checkout", figures)]
-    if args.baseline:
-        rows.insert(0, (f"baseline `{args.baseline}`", measure_revision(args.baseline, args)))
+    with ExitStack() as stack:
+        sources = {"this checkout": ROOT / "src"}
+        if args.baseline:
+            sources = {f"baseline `{args.baseline}`": stack.enter_context(revision_source(args.baseline)), **sources}
+        # The machine's speed drifts (other jobs on a shared host): the revisions take turns, round after round,
+        # and each keeps its fastest round.
+        probes: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
+        for _ in range(args.rounds):
+            for name, source in sources.items():
+                probes[name].append(probe(source))
+    rows = [(name, min(runs, key=lambda run: run["step_ms"])) for name, runs in probes.items()]
     bare_ms = 1000 * bare_step_seconds(args.layers, args.width, args.prompt, args.new_tokens, args.repeats)
     lines = [
         f"{args.layers} layers, width {args.width}, prompt {args.prompt} + {args.new_tokens} new tokens, greedy, "
@@ -241,10 +259,13 @@ def main() -> None:
     if len(rows) == 2:
         ratio = rows[0][1]["step_ms"] / rows[1][1]["step_ms"]
         floor = rows[0][1]["step_ms"] / bare_ms
+        baseline_runs, checkout_runs = probes.values()
+        per_round = [old["step_ms"] / new["step_ms"] for old, new in zip(baseline_runs, checkout_runs, strict=True)]
         lines += [
             "",
-            f"Host time per step: **{ratio:.2f}x** less than the baseline (target: 2x); the bare calls, {floor:.2f}x "
-            "less: the most an eager step of these operators could gain.",
+            f"Host time per step: **{ratio:.2f}x** less than the baseline (target: 2x; fastest round of each, "
+            f"{args.rounds} rounds taking turns; round by round {min(per_round):.2f}-{max(per_round):.2f}x); the "
+            f"bare calls, {floor:.2f}x less: the most an eager step of these operators could gain.",
         ]
     body = "\n".join(lines)
     print(body)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
-from transformers import CompileConfig
+from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache
 
 from glm_hf import fill_blanks
@@ -311,3 +311,102 @@ def test_generate_decodes_on_the_glm_dynamic_cache_like_on_transformers_cache(nu
     assert type(static.past_key_values) is StaticCache  # only the default dynamic cache is replaced
     with torch.no_grad():
         assert type(model(**blank_inputs(), use_cache=True).past_key_values) is GLMDynamicCache
+
+
+class StepModes(LogitsProcessor):
+    """Records, at every step, whether the step ran in inference mode."""
+
+    def __init__(self) -> None:
+        self.modes: list[bool] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.modes.append(torch.is_inference_mode_enabled())
+        return scores
+
+
+def generate_recording_modes(model: torch.nn.Module, **options: Any) -> tuple[Any, list[bool]]:
+    steps = StepModes()
+    output = model.generate(**blank_inputs(), **GREEDY, logits_processor=LogitsProcessorList([steps]), **options)
+    return output, steps.modes
+
+
+def test_a_plain_run_decodes_in_inference_mode_and_hands_back_plain_tokens() -> None:
+    """Only the tokens leave a plain run: it decodes in inference mode (less host work per step), and hands them
+    back as an ordinary tensor, writable and fit for autograd (an embedding keeps its ids for backward), as a run
+    outside inference mode would; the weights stay ordinary tensors."""
+    model = tiny_model()
+    tokens, modes = generate_recording_modes(model)
+    assert len(modes) == GREEDY["max_new_tokens"] and all(modes)
+    assert not tokens.is_inference()
+    handle = model.glm.layers[0].register_forward_hook(lambda *args: None)  # keeps the run out of inference mode
+    outside, modes = generate_recording_modes(model)
+    handle.remove()
+    assert not any(modes) and outside.tolist() == tokens.tolist()
+    model.train()
+    model(input_ids=tokens).logits.sum().backward()
+    assert model.glm.word_embeddings.weight.grad is not None
+    assert not any(parameter.is_inference() for parameter in model.parameters())
+    tokens[:, 0] = TINY_TOKEN_IDS["pad_token_id"]
+
+
+def keep_activations_of_the_first_layer(model: torch.nn.Module, kept: list[torch.Tensor]) -> Callable[[], None]:
+    handle = model.glm.layers[0].register_forward_hook(lambda module, args, output: kept.append(output[0]))
+    return handle.remove
+
+
+def keep_activations_of_every_module(model: torch.nn.Module, kept: list[torch.Tensor]) -> Callable[[], None]:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if module is model.glm.final_layernorm:
+            kept.append(output)
+
+    return torch.nn.modules.module.register_module_forward_hook(hook).remove
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [keep_activations_of_the_first_layer, keep_activations_of_every_module],
+    ids=["module-hook", "global-hook"],
+)
+def test_a_forward_hook_keeps_the_run_out_of_inference_mode(keep: Callable) -> None:
+    """A hook may keep activations (a probe trained on them later): the run stays out of inference mode, so that
+    autograd takes what it kept."""
+    model = tiny_model()
+    kept: list[torch.Tensor] = []
+    remove = keep(model, kept)
+    try:
+        _, modes = generate_recording_modes(model)
+    finally:
+        remove()
+    assert not any(modes)
+    probe = torch.nn.Linear(kept[0].shape[-1], 1)
+    probe(torch.cat([states[:, -1] for states in kept])).sum().backward()
+    assert probe.weight.grad is not None
+
+
+@pytest.mark.parametrize("case", ["return_dict", "caller_cache", "beams"])
+def test_runs_whose_tensors_outlive_them_stay_out_of_inference_mode(case: str) -> None:
+    """Scores and caches outlive the run (training on returned scores, continuing a caller's cache): those runs, and
+    beam search (transformers' loop as it is), decode as transformers does, outside inference mode."""
+    model = tiny_model()
+    options: dict[str, Any] = {
+        "return_dict": {"return_dict_in_generate": True, "output_scores": True},
+        "caller_cache": {GENERATE_CACHE_KWARG: GLMDynamicCache(config=model.config)},
+        "beams": {"num_beams": 2},
+    }[case]
+    output, modes = generate_recording_modes(model, **options)
+    assert modes and not any(modes)
+    if case == "return_dict":
+        student = torch.zeros_like(output.scores[0], requires_grad=True)
+        teacher = output.scores[0].softmax(-1)
+        torch.nn.functional.kl_div(student.log_softmax(-1), teacher, reduction="batchmean").backward()
+    if case == "caller_cache":
+        assert not options[GENERATE_CACHE_KWARG].layers[0].keys.is_inference()
+
+
+def test_a_run_inside_the_callers_inference_mode_hands_back_its_inference_tensor() -> None:
+    """Under the caller's own `torch.inference_mode()` (pipelines), nothing changes: the tokens are inference
+    tensors, as that mode makes them."""
+    model = tiny_model()
+    with torch.inference_mode():
+        tokens, modes = generate_recording_modes(model)
+    assert all(modes) and tokens.is_inference()
