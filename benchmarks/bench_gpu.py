@@ -24,7 +24,7 @@ Not run unless named (`--targets captured-autotune`): glm-2b with the step compi
 tuning on the first call), the candidate for the batch-1 projections that cuBLAS reads below the bandwidth.
 
 Prints one `TARGET` line per target; `--output` writes the "(cuda)" section of RESULTS.md. `GLM_HF_GPU_SMOKE=1`
-runs every target on tiny shapes on the CPU (to check the script itself before a lease).
+runs every target on tiny shapes on the CPU (to check the script itself before a lease; it writes no RESULTS.md).
 """
 
 from __future__ import annotations
@@ -349,7 +349,9 @@ def main() -> None:
         ]
     )
     print(body)
-    if args.output is not None:
+    if args.output is not None and SMOKE:
+        print(f"(smoke run: {args.output} left as it is)")
+    elif args.output is not None:
         update_section(args.output, TITLE, body)
     out = os.environ.get("OUT")
     if out:
