@@ -15,8 +15,16 @@ from typing import Any
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
-from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    CompileConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextStreamer,
+)
 from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache
+from transformers.generation.streamers import BaseStreamer
 
 from glm_hf import fill_blanks
 from glm_hf.modeling.modeling_glm import CACHE_OUTPUT_FIELD, GENERATE_CACHE_KWARG, GLMDynamicCache, GLMDynamicLayer
@@ -313,21 +321,23 @@ def test_generate_decodes_on_the_glm_dynamic_cache_like_on_transformers_cache(nu
         assert type(model(**blank_inputs(), use_cache=True).past_key_values) is GLMDynamicCache
 
 
-class StepModes(LogitsProcessor):
-    """Records, at every step, whether the step ran in inference mode."""
+def generate_recording_modes(model: torch.nn.Module, batch_size: int = 2, **options: Any) -> tuple[Any, list[bool]]:
+    """generate() on `blank_inputs`, and whether each forward of the run was in inference mode (recorded by a
+    wrapper of the model's `forward`: neither a hook nor a callback, which keep a run out of inference mode)."""
+    modes: list[bool] = []
+    forward = model.forward
 
-    def __init__(self) -> None:
-        self.modes: list[bool] = []
+    @functools.wraps(forward)  # its signature: generate() checks its arguments against it
+    def recording_forward(*args: Any, **kwargs: Any) -> Any:
+        modes.append(torch.is_inference_mode_enabled())
+        return forward(*args, **kwargs)
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.modes.append(torch.is_inference_mode_enabled())
-        return scores
-
-
-def generate_recording_modes(model: torch.nn.Module, **options: Any) -> tuple[Any, list[bool]]:
-    steps = StepModes()
-    output = model.generate(**blank_inputs(), **GREEDY, logits_processor=LogitsProcessorList([steps]), **options)
-    return output, steps.modes
+    model.forward = recording_forward
+    try:
+        output = model.generate(**blank_inputs(batch_size), **GREEDY, **options)
+    finally:
+        del model.forward
+    return output, modes
 
 
 def test_a_plain_run_decodes_in_inference_mode_and_hands_back_plain_tokens() -> None:
@@ -410,3 +420,87 @@ def test_a_run_inside_the_callers_inference_mode_hands_back_its_inference_tensor
     with torch.inference_mode():
         tokens, modes = generate_recording_modes(model)
     assert all(modes) and tokens.is_inference()
+
+
+class SteerByGradient(LogitsProcessor):
+    """Steers the scores along a gradient, as PPLM-style processors do: needs autograd inside the loop."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            probe = scores.detach().clone().requires_grad_(True)
+            probe.softmax(-1)[:, 0].sum().backward()
+        return scores + probe.grad
+
+
+class KeepsItsCounts(LogitsProcessor):
+    """State made at the first call and updated in place at the next ones, across runs."""
+
+    counts: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.counts is None:
+            self.counts = torch.zeros_like(scores)
+        self.counts += scores.softmax(-1)
+        return scores
+
+
+class KeepsTheTokens(StoppingCriteria):
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.seen.append(input_ids)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+class KeepingStreamer(BaseStreamer):
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.values.append(value)
+
+    def end(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("callback", ["autograd", "state", "criterion", "streamer", "nested"])
+def test_a_callers_callbacks_keep_the_run_out_of_inference_mode(callback: str) -> None:
+    """A logits processor, stopping criterion or streamer of the caller's may need autograd, or keep the tensors it
+    is handed (and update them later, in place); a nested generate() in a processor returns a plain tensor: each
+    works as in transformers' own loop, which runs outside inference mode."""
+    model = tiny_model()
+    nested: list[torch.Tensor] = []
+
+    def generate_nested(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        nested.append(model.generate(**blank_inputs(), max_new_tokens=2, do_sample=False))
+        return scores
+
+    counts, criterion, streamer = KeepsItsCounts(), KeepsTheTokens(), KeepingStreamer()
+    options = {
+        "autograd": {"logits_processor": LogitsProcessorList([SteerByGradient()])},
+        "state": {"logits_processor": LogitsProcessorList([counts])},
+        "criterion": {"stopping_criteria": StoppingCriteriaList([criterion])},
+        "streamer": {"streamer": streamer},
+        "nested": {"logits_processor": LogitsProcessorList([generate_nested])},
+    }[callback]
+    _, modes = generate_recording_modes(model, **options)
+    if callback == "nested":  # each forward of the outer run is followed by the nested run's two
+        modes = modes[::3]
+    assert modes and not any(modes)
+    kept = {"state": [counts.counts], "criterion": criterion.seen, "streamer": streamer.values, "nested": nested}
+    for tensor in kept.get(callback, []):
+        tensor.add_(0)  # in place, outside any inference mode
+    if callback == "state":  # the same processor in a run that returns its scores
+        model.generate(
+            **blank_inputs(), **GREEDY, logits_processor=LogitsProcessorList([counts]), return_dict_in_generate=True
+        )
+
+
+def test_transformers_text_streamers_keep_the_run_in_inference_mode() -> None:
+    """transformers' text streamers read the tokens as lists and keep no tensor: a streamed run still decodes in
+    inference mode."""
+    model = tiny_model()
+    streamer = TextStreamer(tiny_word_tokenizer())
+    _, modes = generate_recording_modes(model, batch_size=1, streamer=streamer)
+    assert modes and all(modes)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules import module as module_hooks
+from transformers import TextIteratorStreamer, TextStreamer
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache
@@ -693,6 +694,9 @@ class GenerationRunFlags:
         self.own_static_cache = False
         # The caller passed the cache (`past_key_values` / `cache`): it outlives the run.
         self.caller_cache = False
+        # The caller passed code that the loop calls with its tensors (`CALLBACK_ARGUMENTS`): it may keep them, or
+        # need autograd.
+        self.caller_callbacks = False
 
     def for_this_thread(self) -> GenerationRunFlags:
         """These flags in the thread of their run, else `NO_RUN_FLAGS`; `NO_RUN_FLAGS` in compiled code too, where
@@ -1002,6 +1006,20 @@ class GLMModel(GLMPreTrainedModel):
         return build_glm_attention_mask(cache_position, key_length, prefix, padding_mask)
 
 
+# generate() arguments whose code the loop calls with its tensors.
+CALLBACK_ARGUMENTS = ("logits_processor", "stopping_criteria", "streamer", "prefix_allowed_tokens_fn")
+# Streamers known to keep nothing they are handed (they read the tokens as Python lists).
+TEXT_STREAMERS = (TextStreamer, TextIteratorStreamer)
+
+
+def takes_loop_tensors(argument: str, value: Any) -> bool:
+    """Whether a generate() argument (`CALLBACK_ARGUMENTS`) hands the loop's tensors to the caller's code: any
+    processor, criterion or function given, any streamer but transformers' text streamers themselves."""
+    if argument == "streamer":
+        return value is not None and type(value) not in TEXT_STREAMERS
+    return bool(value)
+
+
 def forward_hooks_present(model: nn.Module) -> bool:
     """Whether a hook can see the activations of the model's forward: a global forward hook or pre-hook, one on any
     of its modules, or accelerate's (`_hf_hook`: offloading, device alignment)."""
@@ -1169,6 +1187,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 # No padding mask given: no row is padded, so the steps need no mask beyond GLM's own (a decode step
                 # on the dynamic cache then runs with none); transformers keeps its all-ones mask for its bookkeeping.
                 flags.padding_free = kwargs.get("attention_mask") is None
+                flags.caller_callbacks = any(takes_loop_tensors(name, kwargs.get(name)) for name in CALLBACK_ARGUMENTS)
                 return super().generate(inputs, **kwargs)
             finally:
                 flags.restore(outer_run)
@@ -1469,12 +1488,15 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         about 15% less host time per eager decode step): only where nothing made in the run but its tokens, which are
         handed back as a plain tensor, can reach the caller, whose autograd would refuse inference tensors. So not
         with `return_dict_in_generate` (scores, logits, states, the cache), a caller's cache, or a forward hook
-        (global, on any module, or accelerate's), which may keep activations; nor for a quantized model, whose
-        layers may keep state made in their forward."""
+        (global, on any module, or accelerate's), which may keep activations; nor with a caller's logits processor,
+        stopping criterion, streamer or allowed-tokens function (`takes_loop_tensors`), which may keep what the loop
+        hands it, or need autograd; nor for a quantized model, whose layers may keep state made in their forward."""
+        flags = self.glm.run_flags
         return (
             not torch.is_inference_mode_enabled()
             and not generation_config.return_dict_in_generate
-            and not self.glm.run_flags.caller_cache
+            and not flags.caller_cache
+            and not flags.caller_callbacks
             and getattr(self, "hf_quantizer", None) is None
             and not forward_hooks_present(self)
         )
