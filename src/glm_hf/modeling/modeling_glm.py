@@ -1485,12 +1485,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     def _decodes_in_inference_mode(self, generation_config: GenerationConfig) -> bool:
         """Whether transformers' loop runs under `torch.inference_mode()` (no version counters or view tracking:
-        about 15% less host time per eager decode step): only where nothing made in the run but its tokens, which are
-        handed back as a plain tensor, can reach the caller, whose autograd would refuse inference tensors. So not
-        with `return_dict_in_generate` (scores, logits, states, the cache), a caller's cache, or a forward hook
-        (global, on any module, or accelerate's), which may keep activations; nor with a caller's logits processor,
-        stopping criterion, streamer or allowed-tokens function (`takes_loop_tensors`), which may keep what the loop
-        hands it, or need autograd; nor for a quantized model, whose layers may keep state made in their forward."""
+        1.22x less host time per eager decode step, benchmarks/RESULTS.md): only where nothing made in the run but
+        its tokens, which are handed back as a plain tensor, can reach the caller, whose autograd would refuse
+        inference tensors. So not with `return_dict_in_generate` (scores, logits, states, the cache), a caller's
+        cache, or a forward hook (global, on any module, or accelerate's), which may keep activations; nor with a
+        caller's logits processor, stopping criterion, streamer or allowed-tokens function (`takes_loop_tensors`),
+        which may keep what the loop hands it, or need autograd; nor for a quantized model, whose layers may keep
+        state made in their forward."""
         flags = self.glm.run_flags
         return (
             not torch.is_inference_mode_enabled()
