@@ -1,4 +1,5 @@
-"""The fast decoding path: no host reads in decode steps, static cache + torch.compile, `logits_to_keep`.
+"""The fast decoding path: no host reads in decode steps, static cache + torch.compile, `logits_to_keep`, and plain
+runs decoded in inference mode (only where none of their tensors can reach the caller).
 
 A host read (`int(t)`, `bool(t)`, `.item()`, `.tolist()`, ...) is a device-to-host sync on an accelerator: the
 CPU waits for the GPU at every token. On this CPU-only machine two stand-ins show them: a `TorchFunctionMode` that
