@@ -16,7 +16,7 @@ run from `git archive`), each probed in fresh subprocesses that take turns for `
   model of these operators can go under.
 
 Usage:
-    PYTHONPATH=src python benchmarks/bench_host_overhead.py [--baseline d81a4e1] [--output benchmarks/RESULTS.md]
+    PYTHONPATH=src python benchmarks/bench_host_overhead.py [--baseline d81a4e1] [--rounds 3] [--output]
 """
 
 from __future__ import annotations
