@@ -323,8 +323,9 @@ def test_generate_decodes_on_the_glm_dynamic_cache_like_on_transformers_cache(nu
 
 
 def generate_recording_modes(model: torch.nn.Module, batch_size: int = 2, **options: Any) -> tuple[Any, list[bool]]:
-    """generate() on `blank_inputs`, and whether each forward of the run was in inference mode (recorded by a
-    wrapper of the model's `forward`: neither a hook nor a callback, which keep a run out of inference mode)."""
+    """generate() on `blank_inputs` (`GREEDY`, with `options` over it), and whether each forward of the run was in
+    inference mode (recorded by a wrapper of the model's `forward`: neither a hook nor a callback, which keep a run
+    out of inference mode)."""
     modes: list[bool] = []
     forward = model.forward
 
@@ -335,22 +336,27 @@ def generate_recording_modes(model: torch.nn.Module, batch_size: int = 2, **opti
 
     model.forward = recording_forward
     try:
-        output = model.generate(**blank_inputs(batch_size), **GREEDY, **options)
+        output = model.generate(**blank_inputs(batch_size), **{**GREEDY, **options})
     finally:
         del model.forward
     return output, modes
 
 
-def test_a_plain_run_decodes_in_inference_mode_and_hands_back_plain_tokens() -> None:
-    """Only the tokens leave a plain run: it decodes in inference mode (less host work per step), and hands them
-    back as an ordinary tensor, writable and fit for autograd (an embedding keeps its ids for backward), as a run
-    outside inference mode would; the weights stay ordinary tensors."""
+@pytest.mark.parametrize(
+    "options", [{}, {"do_sample": True, "top_k": 5}, {"num_beams": 3}], ids=["greedy", "sampling", "beams"]
+)
+def test_a_plain_run_decodes_in_inference_mode_and_hands_back_plain_tokens(options: dict[str, Any]) -> None:
+    """Only the tokens leave a plain run (greedy, sampling or beam search): it decodes in inference mode (less host
+    work per step), with the tokens of a run outside it, and hands them back as an ordinary tensor, writable and fit
+    for autograd (an embedding keeps its ids for backward); the weights stay ordinary tensors."""
     model = tiny_model()
-    tokens, modes = generate_recording_modes(model)
+    torch.manual_seed(3)
+    tokens, modes = generate_recording_modes(model, **options)
     assert len(modes) == GREEDY["max_new_tokens"] and all(modes)
     assert not tokens.is_inference()
     handle = model.glm.layers[0].register_forward_hook(lambda *args: None)  # keeps the run out of inference mode
-    outside, modes = generate_recording_modes(model)
+    torch.manual_seed(3)
+    outside, modes = generate_recording_modes(model, **options)
     handle.remove()
     assert not any(modes) and outside.tolist() == tokens.tolist()
     model.train()
@@ -394,19 +400,19 @@ def test_a_forward_hook_keeps_the_run_out_of_inference_mode(keep: Callable) -> N
     assert probe.weight.grad is not None
 
 
-@pytest.mark.parametrize("case", ["return_dict", "caller_cache", "beams"])
+@pytest.mark.parametrize("case", ["return_dict", "return_dict_beams", "caller_cache"])
 def test_runs_whose_tensors_outlive_them_stay_out_of_inference_mode(case: str) -> None:
-    """Scores and caches outlive the run (training on returned scores, continuing a caller's cache): those runs, and
-    beam search (transformers' loop as it is), decode as transformers does, outside inference mode."""
+    """Scores and caches outlive the run (training on returned scores, continuing a caller's cache): those runs
+    decode as transformers does, outside inference mode."""
     model = tiny_model()
     options: dict[str, Any] = {
         "return_dict": {"return_dict_in_generate": True, "output_scores": True},
+        "return_dict_beams": {"return_dict_in_generate": True, "output_scores": True, "num_beams": 2},
         "caller_cache": {GENERATE_CACHE_KWARG: GLMDynamicCache(config=model.config)},
-        "beams": {"num_beams": 2},
     }[case]
     output, modes = generate_recording_modes(model, **options)
     assert modes and not any(modes)
-    if case == "return_dict":
+    if case.startswith("return_dict"):
         student = torch.zeros_like(output.scores[0], requires_grad=True)
         teacher = output.scores[0].softmax(-1)
         torch.nn.functional.kl_div(student.log_softmax(-1), teacher, reduction="batchmean").backward()

@@ -1164,8 +1164,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         so two calls give the tokens of one. Position ids shorter than the input with a filled cache describe its
         first columns; later columns follow the rule above.
 
-        A greedy or sampling run whose only output is its tokens decodes under `torch.inference_mode()`
-        (`_decodes_in_inference_mode`) and hands them back as an ordinary tensor.
+        A greedy, sampling or beam-search run whose only output is its tokens decodes under
+        `torch.inference_mode()` (`_decodes_in_inference_mode`) and hands them back as an ordinary tensor.
 
         Calls from several threads run one at a time: they share the model's kept static cache, captured decode
         steps and run flags. A logits processor, stopping criterion or streamer may call it on the same model in its
@@ -1451,19 +1451,16 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         The step is compiled first where transformers would compile it (a static cache not chosen by default)."""
         cache = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         if not static_cache_loop_applies(self, cache, generation_config, model_kwargs, synced_gpus):
-            inference = self._decodes_in_inference_mode(generation_config)
-            with torch.inference_mode() if inference else NO_CONTEXT:
-                sequences = super()._sample(
-                    input_ids,
-                    logits_processor=logits_processor,
-                    stopping_criteria=stopping_criteria,
-                    generation_config=generation_config,
-                    synced_gpus=synced_gpus,
-                    streamer=streamer,
-                    **model_kwargs,
-                )
-            # An inference tensor is read-only outside inference mode: the caller gets the tokens as a plain tensor.
-            return sequences.clone() if inference else sequences
+            return self._transformers_loop(
+                super()._sample,
+                input_ids,
+                logits_processor=logits_processor,
+                stopping_criteria=stopping_criteria,
+                generation_config=generation_config,
+                synced_gpus=synced_gpus,
+                streamer=streamer,
+                **model_kwargs,
+            )
         own = self.glm.run_flags.own_static_cache  # generate()'s own cache (the kept one, or a nested run's)
         # Its own cache without `cache_implementation`: the CUDA default, whose step is captured, not compiled.
         chosen_by_default = own and generation_config.cache_implementation is None
@@ -1483,15 +1480,46 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             cache_outlives_call=cache_outlives_call,
         )
 
+    def _beam_search(
+        self,
+        input_ids: torch.LongTensor,
+        logits_processor: Any,
+        stopping_criteria: Any,
+        generation_config: GenerationConfig,
+        synced_gpus: bool = False,
+        **model_kwargs: Any,
+    ) -> Any:
+        """transformers' beam search, in inference mode where nothing of the run but its tokens leaves it."""
+        return self._transformers_loop(
+            super()._beam_search,
+            input_ids,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
+            generation_config=generation_config,
+            synced_gpus=synced_gpus,
+            **model_kwargs,
+        )
+
+    def _transformers_loop(
+        self, loop: Callable[..., Any], input_ids: torch.LongTensor, generation_config: GenerationConfig, **kwargs: Any
+    ) -> Any:
+        """One of transformers' decoding loops, under `torch.inference_mode()` where `_decodes_in_inference_mode`
+        allows it; the tokens are then handed back as a plain tensor (an inference tensor is read-only outside
+        inference mode)."""
+        inference = self._decodes_in_inference_mode(generation_config)
+        with torch.inference_mode() if inference else NO_CONTEXT:
+            output = loop(input_ids, generation_config=generation_config, **kwargs)
+        return output.clone() if inference else output
+
     def _decodes_in_inference_mode(self, generation_config: GenerationConfig) -> bool:
-        """Whether transformers' loop runs under `torch.inference_mode()` (no version counters or view tracking:
-        1.22x less host time per eager decode step, benchmarks/RESULTS.md): only where nothing made in the run but
-        its tokens, which are handed back as a plain tensor, can reach the caller, whose autograd would refuse
-        inference tensors. So not with `return_dict_in_generate` (scores, logits, states, the cache), a caller's
-        cache, or a forward hook (global, on any module, or accelerate's), which may keep activations; nor with a
-        caller's logits processor, stopping criterion, streamer or allowed-tokens function (`takes_loop_tensors`),
-        which may keep what the loop hands it, or need autograd; nor for a quantized model, whose layers may keep
-        state made in their forward."""
+        """Whether transformers' greedy / sampling or beam-search loop runs under `torch.inference_mode()` (no
+        version counters or view tracking: 1.22x less host time per eager decode step, benchmarks/RESULTS.md): only
+        where nothing made in the run but its tokens, which are handed back as a plain tensor, can reach the caller,
+        whose autograd would refuse inference tensors. So not with `return_dict_in_generate` (scores, logits,
+        states, the cache), a caller's cache, or a forward hook (global, on any module, or accelerate's), which may
+        keep activations; nor with a caller's logits processor, stopping criterion, streamer or allowed-tokens
+        function (`takes_loop_tensors`), which may keep what the loop hands it, or need autograd; nor for a
+        quantized model, whose layers may keep state made in their forward."""
         flags = self.glm.run_flags
         return (
             not torch.is_inference_mode_enabled()
