@@ -1447,9 +1447,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         **model_kwargs: Any,
     ) -> Any:
         """transformers' greedy / sampling loop (`_transformers_loop`: in inference mode where only the tokens leave
-        the run); on a static cache GLM's own (`captured_decoding`: the decode step is
-        a CUDA graph replayed per token, the stop check does not wait for the device), which gives the same tokens.
-        The step is compiled first where transformers would compile it (a static cache not chosen by default)."""
+        the run); on a static cache GLM's own (`captured_decoding`: the decode step is a CUDA graph replayed per
+        token, the stop check does not wait for the device), which gives the same tokens. The step is compiled first
+        where transformers would compile it (a static cache not chosen by default)."""
         cache = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         if not static_cache_loop_applies(self, cache, generation_config, model_kwargs, synced_gpus):
             return self._transformers_loop(
