@@ -39,6 +39,7 @@ REMOTE_FILES = [
     "chatglm_rotary.py",
     "cloze_glm.py",
     "configuration_glm.py",
+    "direct_layers.py",
     "infilling_glm.py",
     "modeling_glm.py",
     "tokenization_glm.py",

@@ -58,6 +58,7 @@ REMOTE_CODE_MODULES: dict[str, str] = {
     "chatglm_positions": "glm_hf.modeling.chatglm_positions",
     "chatglm_rotary": "glm_hf.modeling.chatglm_rotary",
     "captured_decoding": "glm_hf.modeling.captured_decoding",
+    "direct_layers": "glm_hf.modeling.direct_layers",
     "modeling_glm": "glm_hf.modeling.modeling_glm",
     "tokenization_glm": "glm_hf.tokenization_glm",
     "infilling_glm": "glm_hf.infilling",

@@ -50,6 +50,7 @@ from .captured_decoding import (
 from .chatglm_positions import chatglm_context_lengths, chatglm_position_ids, chatglm_step_position_ids
 from .chatglm_rotary import ChatGLMRotaryEmbedding, apply_rotary
 from .configuration_glm import GLMConfig
+from .direct_layers import DirectLayers, direct_layers_apply
 
 logger = logging.get_logger(__name__)
 
@@ -697,6 +698,8 @@ class GenerationRunFlags:
         # The caller passed code that the loop calls with its tensors (`CALLBACK_ARGUMENTS`): it may keep them, or
         # need autograd.
         self.caller_callbacks = False
+        # The run's forwards call the blocks' weights directly (`direct_layers`): set where that changes nothing.
+        self.direct_layers: DirectLayers | None = None
 
     def for_this_thread(self) -> GenerationRunFlags:
         """These flags in the thread of their run, else `NO_RUN_FLAGS`; `NO_RUN_FLAGS` in compiled code too, where
@@ -870,19 +873,23 @@ class GLMModel(GLMPreTrainedModel):
         attention_interface = resolve_attention_interface(attn_implementation)  # once, not in every layer
         all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
         all_attentions: tuple[torch.Tensor | None, ...] | None = () if output_attentions else None
+        direct_layers = run_flags.direct_layers if not (output_hidden_states or output_attentions) else None
         with attention_backends(attn_implementation, fixed_shapes):
-            for layer in self.layers:
-                if all_hidden_states is not None:
-                    all_hidden_states += (hidden_states,)
-                hidden_states, attn_weights = layer(
-                    hidden_states,
-                    attention_mask=mask,
-                    past_key_values=past_key_values,  # a given cache is read (and extended) even with use_cache=False
-                    attention_interface=attention_interface,
-                    **kwargs,
-                )
-                if all_attentions is not None:
-                    all_attentions += (attn_weights,)
+            if direct_layers is not None:  # the same ATen calls as the loop below, without the module machinery
+                hidden_states = direct_layers(hidden_states, mask, past_key_values, attention_interface, kwargs)
+            else:
+                for layer in self.layers:
+                    if all_hidden_states is not None:
+                        all_hidden_states += (hidden_states,)
+                    hidden_states, attn_weights = layer(
+                        hidden_states,
+                        attention_mask=mask,
+                        past_key_values=past_key_values,  # a given cache is read and extended, use_cache or not
+                        attention_interface=attention_interface,
+                        **kwargs,
+                    )
+                    if all_attentions is not None:
+                        all_attentions += (attn_weights,)
         hidden_states = self.final_layernorm(hidden_states)
         if all_hidden_states is not None:
             all_hidden_states += (hidden_states,)
@@ -1508,8 +1515,14 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         allows it; the tokens are then handed back as a plain tensor (an inference tensor is read-only outside
         inference mode)."""
         inference = self._decodes_in_inference_mode(generation_config)
-        with torch.inference_mode() if inference else NO_CONTEXT:
-            output = loop(input_ids, generation_config=generation_config, **kwargs)
+        flags = self.glm.run_flags
+        if inference and direct_layers_apply(self.glm):
+            flags.direct_layers = DirectLayers(self.glm)
+        try:
+            with torch.inference_mode() if inference else NO_CONTEXT:
+                output = loop(input_ids, generation_config=generation_config, **kwargs)
+        finally:
+            flags.direct_layers = None
         return output.clone() if inference else output
 
     def _decodes_in_inference_mode(self, generation_config: GenerationConfig) -> bool:
