@@ -13,17 +13,18 @@ from peft import LoraConfig, get_peft_model
 from torch.nn.utils import parametrize
 from transformers import LogitsProcessorList
 
+from glm_hf import fill_blanks
 from glm_hf.modeling import direct_layers, modeling_glm
 from glm_hf.modeling.modeling_glm import GLMBlock
 
-from conftest import blank_inputs, tiny_chatglm, tiny_model
+from conftest import blank_inputs, tiny_chatglm, tiny_model, tiny_word_tokenizer
 
 GREEDY = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
 
 
-def generate_recording_steps(model: torch.nn.Module, inputs: dict[str, Any], **options: Any) -> dict[str, list]:
-    """generate() with `options`, recording each forward's logits and whether it ran with the run's `DirectLayers`
-    (by a wrapper of the model's `forward`: neither a hook nor a callback, which would change the run)."""
+def recording_steps(model: torch.nn.Module, job: Callable[[], Any]) -> dict[str, list]:
+    """`job()`'s result, each forward's logits and whether it ran with the run's `DirectLayers` (recorded by a wrapper
+    of the model's `forward`: neither a hook nor a callback, which would change the run)."""
     record: dict[str, list] = {"logits": [], "direct": []}
     forward = model.forward
 
@@ -36,10 +37,33 @@ def generate_recording_steps(model: torch.nn.Module, inputs: dict[str, Any], **o
 
     model.forward = recording_forward
     try:
-        record["tokens"] = model.generate(**inputs, **options).tolist()
+        record["result"] = job()
     finally:
         del model.forward
     return record
+
+
+def generate_recording_steps(model: torch.nn.Module, inputs: dict[str, Any], **options: Any) -> dict[str, list]:
+    """`recording_steps` of generate() with `options` (under `torch.inference_mode()` with `inference_mode=True`);
+    its tokens as lists."""
+    inference_mode = options.pop("inference_mode", False)
+
+    def job() -> list[list[int]]:
+        with torch.inference_mode(inference_mode):
+            output = model.generate(**inputs, **options)
+        return getattr(output, "sequences", output).tolist()
+
+    return recording_steps(model, job)
+
+
+def assert_same_steps(direct: dict[str, list], modules: dict[str, list]) -> None:
+    """The direct run took `DirectLayers` in every forward, the other never, and both gave the same results and
+    logits, bit for bit."""
+    assert all(direct["direct"]) and not any(modules["direct"])
+    assert direct["result"] == modules["result"]
+    assert len(direct["logits"]) == len(modules["logits"]) > 1
+    for step, (mine, reference) in enumerate(zip(direct["logits"], modules["logits"], strict=True)):
+        assert torch.equal(mine, reference), f"step {step}"
 
 
 def chatglm_prompts() -> dict[str, torch.Tensor]:
@@ -60,6 +84,9 @@ def left_padded(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 CASES: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], dict[str, Any]], dict[str, Any]]] = {
     "greedy": (tiny_model, blank_inputs, {}),
+    "static-cache": (tiny_model, blank_inputs, {"cache_implementation": "static"}),
+    "scores": (tiny_model, blank_inputs, {"return_dict_in_generate": True, "output_scores": True}),
+    "inside-inference-mode": (tiny_model, blank_inputs, {"inference_mode": True}),
     "eager-attention": (functools.partial(tiny_model, "eager"), blank_inputs, {}),
     "sampling": (tiny_model, blank_inputs, {"do_sample": True, "top_k": 5}),
     "beams": (tiny_model, blank_inputs, {"num_beams": 3}),
@@ -73,9 +100,10 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], dict[str, Any
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_direct_layers_give_the_modules_logits_to_the_bit(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each forward of a plain run (prefill and decode steps; greedy, sampling, beams, padding, eager attention,
-    bf16, no cache, ChatGLM's rotary 2-D and 1-D positions and DeepNorm) gives the same logits, bit for bit, with
-    `DirectLayers` as with the modules' calls."""
+    """Each forward of a run (prefill and decode steps; transformers' loop and the static-cache loop, scores returned,
+    inside the caller's inference mode; greedy, sampling, beams, padding, eager attention, bf16, no cache, ChatGLM's
+    rotary 2-D and 1-D positions and DeepNorm) gives the same logits, bit for bit, with `DirectLayers` as with the
+    modules' calls."""
     make_model, make_inputs, options = CASES[case]
     model = make_model()
     torch.manual_seed(7)
@@ -83,12 +111,29 @@ def test_direct_layers_give_the_modules_logits_to_the_bit(case: str, monkeypatch
     monkeypatch.setattr(modeling_glm, "direct_layers_apply", lambda model: False)
     torch.manual_seed(7)
     modules = generate_recording_steps(model, make_inputs(), **{**GREEDY, **options})
-    assert all(direct["direct"]) and not any(modules["direct"])
-    assert direct["tokens"] == modules["tokens"]
-    assert len(direct["logits"]) == len(modules["logits"]) > 1
-    for step, (mine, reference) in enumerate(zip(direct["logits"], modules["logits"], strict=True)):
-        assert torch.equal(mine, reference), f"step {step}"
+    assert_same_steps(direct, modules)
     assert model.glm.run_flags.direct_layers is None  # nothing of the run stays on the model
+
+
+def test_fill_blanks_decodes_with_direct_layers_to_the_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fill_blanks' runs (a caller's static cache per batch, eager on the CPU) take `DirectLayers` in their decode
+    steps, with the spans and logits of the modules."""
+    model = tiny_model(max_position_embeddings=129, initializer_range=0.5)
+    texts = ["the king [MASK] the queen and the [MASK] of the house .", "a bird [MASK] [MASK] ."]
+
+    def job() -> list[list[list[int]]]:
+        results = fill_blanks(model, tiny_word_tokenizer(), texts, max_new_tokens=4, do_sample=False)
+        return [result.spans for result in results]
+
+    direct = recording_steps(model, job)
+    monkeypatch.setattr(modeling_glm, "direct_layers_apply", lambda model: False)
+    modules = recording_steps(model, job)
+    assert direct["result"] == modules["result"]
+    assert any(direct["direct"]) and not any(modules["direct"])
+    assert not direct["direct"][0]  # the context's forward is fill_blanks' own, not a generate() run's
+    assert len(direct["logits"]) == len(modules["logits"])
+    for step, (mine, reference) in enumerate(zip(direct["logits"], modules["logits"], strict=True)):
+        assert torch.equal(mine, reference), f"forward {step}"
 
 
 def count_block_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:

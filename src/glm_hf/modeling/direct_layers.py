@@ -7,12 +7,12 @@ look-ups through `Module.__getattr__`. `DirectLayers` makes the same ATen calls,
 arguments, on the weights taken from the blocks once per run: the logits are bitwise those of the modules
 (`tests/test_direct_layers.py`).
 
-Only where the module machinery provably does nothing: a run that decodes in inference mode
-(`GLMForConditionalGeneration._decodes_in_inference_mode`: no hook on any module, no caller code called between steps
-that could change the model, no quantizer), in eval mode, without per-layer outputs, and blocks made of GLM's own
-classes with `nn.Linear` and `nn.LayerNorm` leaves, none patched or compiled on its own (`direct_layers_apply`). Any
-other model (PEFT adapters, quantized or offloaded layers, hooks, training) runs its modules, as before. The weights
-are taken when the run starts: nothing the run calls can replace them (no caller code runs between its steps).
+Only where the module machinery provably does nothing (`GLMForConditionalGeneration._calls_blocks_directly`): no
+hook on any module, no caller's code called between steps (which could change the model), no quantizer, eval mode,
+no per-layer outputs, and blocks made of GLM's own classes with `nn.Linear` and `nn.LayerNorm` leaves, none patched,
+parametrized or compiled on its own (`direct_layers_apply`); in transformers' loop and, where its step is eager (the
+CPU), in the static-cache loop. Any other model (PEFT adapters, quantized or offloaded layers, hooks, training) runs
+its modules, as before. The weights are taken when the run starts: nothing the run calls can replace them.
 """
 
 from __future__ import annotations

@@ -1474,19 +1474,27 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         chosen_by_default = own and generation_config.cache_implementation is None
         compile_step = not chosen_by_default and self._valid_auto_compile_criteria(model_kwargs, generation_config)
         cache_outlives_call = generation_config.return_dict_in_generate or not own
-        self.glm.run_flags.fixed_shape_decoding = not cache_outlives_call
-        return decode_on_static_cache(
-            self,
-            input_ids,
-            logits_processor,
-            stopping_criteria,
-            generation_config,
-            streamer,
-            model_kwargs,
-            cache,
-            compile_step=compile_step,
-            cache_outlives_call=cache_outlives_call,
-        )
+        flags = self.glm.run_flags
+        flags.fixed_shape_decoding = not cache_outlives_call
+        # An eager step (the CPU): its host work is the step's time. A compiled or captured step has none per layer.
+        eager_step = not compile_step and not (self.device.type == "cuda" and graph_capture_supported(self))
+        if eager_step and self._calls_blocks_directly():
+            flags.direct_layers = DirectLayers(self.glm)
+        try:
+            return decode_on_static_cache(
+                self,
+                input_ids,
+                logits_processor,
+                stopping_criteria,
+                generation_config,
+                streamer,
+                model_kwargs,
+                cache,
+                compile_step=compile_step,
+                cache_outlives_call=cache_outlives_call,
+            )
+        finally:
+            flags.direct_layers = None
 
     def _beam_search(
         self,
@@ -1516,7 +1524,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         inference mode)."""
         inference = self._decodes_in_inference_mode(generation_config)
         flags = self.glm.run_flags
-        if inference and direct_layers_apply(self.glm):
+        if self._calls_blocks_directly():
             flags.direct_layers = DirectLayers(self.glm)
         try:
             with torch.inference_mode() if inference else NO_CONTEXT:
@@ -1524,6 +1532,18 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         finally:
             flags.direct_layers = None
         return output.clone() if inference else output
+
+    def _calls_blocks_directly(self) -> bool:
+        """Whether this run's forwards call the blocks' weights directly (`DirectLayers`: the modules' logits, bit
+        for bit, with less host work): where the modules' calls would do nothing more. No hook on any module (it
+        could see or change a block's work), no caller's code between steps (it could change the model: hooks,
+        weights, modes), no quantizer, and blocks that `direct_layers_apply` accepts."""
+        return (
+            not self.glm.run_flags.caller_callbacks
+            and getattr(self, "hf_quantizer", None) is None
+            and not forward_hooks_present(self)
+            and direct_layers_apply(self.glm)
+        )
 
     def _decodes_in_inference_mode(self, generation_config: GenerationConfig) -> bool:
         """Whether transformers' greedy / sampling or beam-search loop runs under `torch.inference_mode()` (no
