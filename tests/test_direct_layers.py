@@ -15,55 +15,41 @@ from transformers import LogitsProcessorList
 
 from glm_hf import fill_blanks
 from glm_hf.modeling import direct_layers, modeling_glm
-from glm_hf.modeling.modeling_glm import GLMBlock
+from glm_hf.modeling.direct_layers import DirectLayers
+from glm_hf.modeling.modeling_glm import GLMMLP
 
 from conftest import blank_inputs, tiny_chatglm, tiny_model, tiny_word_tokenizer
 
 GREEDY = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
 
 
-def recording_steps(model: torch.nn.Module, job: Callable[[], Any]) -> dict[str, list]:
-    """`job()`'s result, each forward's logits and whether it ran with the run's `DirectLayers` (recorded by a wrapper
-    of the model's `forward`: neither a hook nor a callback, which would change the run)."""
-    record: dict[str, list] = {"logits": [], "direct": []}
-    forward = model.forward
+@pytest.fixture
+def direct_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many forwards ran their blocks through `DirectLayers` (counted in its class, which the checks of
+    `direct_layers_apply` do not look at)."""
+    calls = [0]
+    run = DirectLayers.__call__
 
-    @functools.wraps(forward)  # its signature: generate() checks its arguments against it
-    def recording_forward(*args: Any, **kwargs: Any) -> Any:
-        record["direct"].append(model.glm.run_flags.direct_layers is not None)
-        output = forward(*args, **kwargs)
-        record["logits"].append(output.logits.clone())
-        return output
+    def counting_call(self: DirectLayers, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return run(self, *args, **kwargs)
 
-    model.forward = recording_forward
-    try:
-        record["result"] = job()
-    finally:
-        del model.forward
-    return record
+    monkeypatch.setattr(DirectLayers, "__call__", counting_call)
+    return calls
 
 
-def generate_recording_steps(model: torch.nn.Module, inputs: dict[str, Any], **options: Any) -> dict[str, list]:
-    """`recording_steps` of generate() with `options` (under `torch.inference_mode()` with `inference_mode=True`);
-    its tokens as lists."""
+def generate_with_logits(model: torch.nn.Module, inputs: dict[str, Any], **options: Any) -> tuple[list, list]:
+    """generate() with `options` (under `torch.inference_mode()` with `inference_mode=True`): its tokens and each
+    forward's last-column logits (`output_logits`)."""
     inference_mode = options.pop("inference_mode", False)
-
-    def job() -> list[list[int]]:
-        with torch.inference_mode(inference_mode):
-            output = model.generate(**inputs, **options)
-        return getattr(output, "sequences", output).tolist()
-
-    return recording_steps(model, job)
+    with torch.inference_mode(inference_mode):
+        output = model.generate(**inputs, **options, return_dict_in_generate=True, output_logits=True)
+    return output.sequences.tolist(), [logits.clone() for logits in output.logits]
 
 
-def assert_same_steps(direct: dict[str, list], modules: dict[str, list]) -> None:
-    """The direct run took `DirectLayers` in every forward, the other never, and both gave the same results and
-    logits, bit for bit."""
-    assert all(direct["direct"]) and not any(modules["direct"])
-    assert direct["result"] == modules["result"]
-    assert len(direct["logits"]) == len(modules["logits"]) > 1
-    for step, (mine, reference) in enumerate(zip(direct["logits"], modules["logits"], strict=True)):
-        assert torch.equal(mine, reference), f"step {step}"
+def use_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs call the blocks as modules from now on (the code before `DirectLayers`)."""
+    monkeypatch.setattr(modeling_glm, "direct_layers_apply", lambda model: False)
 
 
 def chatglm_prompts() -> dict[str, torch.Tensor]:
@@ -85,7 +71,7 @@ def left_padded(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 CASES: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], dict[str, Any]], dict[str, Any]]] = {
     "greedy": (tiny_model, blank_inputs, {}),
     "static-cache": (tiny_model, blank_inputs, {"cache_implementation": "static"}),
-    "scores": (tiny_model, blank_inputs, {"return_dict_in_generate": True, "output_scores": True}),
+    "scores": (tiny_model, blank_inputs, {"output_scores": True}),
     "inside-inference-mode": (tiny_model, blank_inputs, {"inference_mode": True}),
     "eager-attention": (functools.partial(tiny_model, "eager"), blank_inputs, {}),
     "sampling": (tiny_model, blank_inputs, {"do_sample": True, "top_k": 5}),
@@ -99,54 +85,49 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], dict[str, Any
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_direct_layers_give_the_modules_logits_to_the_bit(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each forward of a run (prefill and decode steps; transformers' loop and the static-cache loop, scores returned,
-    inside the caller's inference mode; greedy, sampling, beams, padding, eager attention, bf16, no cache, ChatGLM's
-    rotary 2-D and 1-D positions and DeepNorm) gives the same logits, bit for bit, with `DirectLayers` as with the
-    modules' calls."""
+def test_direct_layers_give_the_modules_logits_to_the_bit(
+    case: str, direct_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every forward of a run (transformers' loop and the static-cache loop, inside the caller's inference mode or
+    not; greedy, sampling, beams, padding, eager attention, bf16, no cache, ChatGLM's rotary 2-D and 1-D positions
+    and DeepNorm) runs its blocks through `DirectLayers`, with the tokens and logits of the modules' calls, bit for
+    bit."""
     make_model, make_inputs, options = CASES[case]
     model = make_model()
     torch.manual_seed(7)
-    direct = generate_recording_steps(model, make_inputs(), **{**GREEDY, **options})
-    monkeypatch.setattr(modeling_glm, "direct_layers_apply", lambda model: False)
-    torch.manual_seed(7)
-    modules = generate_recording_steps(model, make_inputs(), **{**GREEDY, **options})
-    assert_same_steps(direct, modules)
+    tokens, logits = generate_with_logits(model, make_inputs(), **{**GREEDY, **options})
+    assert direct_calls[0] == len(logits) == GREEDY["max_new_tokens"]  # the prefill and every decode step
     assert model.glm.run_flags.direct_layers is None  # nothing of the run stays on the model
+    use_the_modules(monkeypatch)
+    torch.manual_seed(7)
+    reference_tokens, reference_logits = generate_with_logits(model, make_inputs(), **{**GREEDY, **options})
+    assert tokens == reference_tokens
+    for step, (mine, reference) in enumerate(zip(logits, reference_logits, strict=True)):
+        assert torch.equal(mine, reference), f"step {step}"
 
 
-def test_fill_blanks_decodes_with_direct_layers_to_the_bit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """fill_blanks' runs (a caller's static cache per batch, eager on the CPU) take `DirectLayers` in their decode
-    steps, with the spans and logits of the modules."""
+def test_a_run_handing_back_only_tokens_calls_the_blocks_directly_too(direct_calls: list[int]) -> None:
+    """A plain run (in inference mode, tokens only) takes `DirectLayers` in each forward too."""
+    model = tiny_model()
+    tokens = model.generate(**blank_inputs(), **GREEDY).tolist()
+    assert direct_calls[0] == GREEDY["max_new_tokens"]
+    assert tokens == generate_with_logits(model, blank_inputs(), **GREEDY)[0]
+
+
+def test_fill_blanks_decodes_with_direct_layers(direct_calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """fill_blanks' runs (a caller's static cache per batch, eager on the CPU) take `DirectLayers`, with the spans of
+    the modules."""
     model = tiny_model(max_position_embeddings=129, initializer_range=0.5)
     texts = ["the king [MASK] the queen and the [MASK] of the house .", "a bird [MASK] [MASK] ."]
 
-    def job() -> list[list[list[int]]]:
+    def spans() -> list[list[list[int]]]:
         results = fill_blanks(model, tiny_word_tokenizer(), texts, max_new_tokens=4, do_sample=False)
         return [result.spans for result in results]
 
-    direct = recording_steps(model, job)
-    monkeypatch.setattr(modeling_glm, "direct_layers_apply", lambda model: False)
-    modules = recording_steps(model, job)
-    assert direct["result"] == modules["result"]
-    assert any(direct["direct"]) and not any(modules["direct"])
-    assert not direct["direct"][0]  # the context's forward is fill_blanks' own, not a generate() run's
-    assert len(direct["logits"]) == len(modules["logits"])
-    for step, (mine, reference) in enumerate(zip(direct["logits"], modules["logits"], strict=True)):
-        assert torch.equal(mine, reference), f"forward {step}"
-
-
-def count_block_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts calls of `GLMBlock.forward` (the class's, so that an instance still calls its class's forward)."""
-    calls = [0]
-    forward = GLMBlock.forward
-
-    def counting_forward(self: GLMBlock, *args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(GLMBlock, "forward", counting_forward)
-    return calls
+    direct = spans()
+    assert direct_calls[0] > 0
+    use_the_modules(monkeypatch)
+    assert spans() == direct
 
 
 def patch_one_projection(model: torch.nn.Module) -> None:
@@ -160,44 +141,101 @@ class Scaled(torch.nn.Module):
         return weight * 2.0
 
 
-MODULE_CASES: dict[str, Callable[[torch.nn.Module], Any]] = {
-    "forward-hook": lambda model: model.glm.layers[0].register_forward_hook(lambda *args: None),
-    "training": lambda model: model.train(),
-    "patched-forward": patch_one_projection,
-    "parametrized-weight": lambda model: parametrize.register_parametrization(
+def patch_a_class(monkeypatch: pytest.MonkeyPatch, cls: type) -> None:
+    """A forward patched onto a class after import (a kernel library's, or steering code's)."""
+    forward = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, hidden, *args, **kwargs: forward(self, hidden) * -4.0)
+
+
+def steer_at_the_first_decode_step(model: torch.nn.Module) -> None:
+    """A wrapper of the model's forward that registers a steering hook once the prompt is cached: caller code
+    between steps."""
+    forward = model.forward
+
+    @functools.wraps(forward)  # its signature: generate() checks its arguments against it
+    def steering_forward(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["input_ids"].shape[1] == 1 and not model.glm.layers[1]._forward_hooks:
+            model.glm.layers[1].register_forward_hook(lambda module, args, output: (output[0] * -4.0, output[1]))
+        return forward(*args, **kwargs)
+
+    model.forward = steering_forward
+
+
+def dropout_in_one_block(model: torch.nn.Module) -> None:
+    """Monte-Carlo dropout in one block of a model in eval mode."""
+    model.glm.layers[0].hidden_dropout_prob = 0.5
+    model.glm.layers[0].dropout.p = 0.5
+    model.glm.layers[0].train()
+
+
+MODULE_CASES: dict[str, Callable[[torch.nn.Module, pytest.MonkeyPatch], Any]] = {
+    "forward-hook": lambda model, patch: model.glm.layers[0].register_forward_hook(lambda *args: None),
+    "training": lambda model, patch: model.train(),
+    "dropout-in-one-block": lambda model, patch: dropout_in_one_block(model),
+    "patched-instance-forward": lambda model, patch: patch_one_projection(model),
+    "patched-mlp-class": lambda model, patch: patch_a_class(patch, GLMMLP),
+    "patched-layer-norm-class": lambda model, patch: patch_a_class(patch, torch.nn.LayerNorm),
+    "parametrized-weight": lambda model, patch: parametrize.register_parametrization(
         model.glm.layers[0].attention.query_key_value, "weight", Scaled()
     ),
-    "output-hidden-states": lambda model: model.generation_config.update(output_hidden_states=True),
-    "logits-processor": lambda model: None,
+    "output-hidden-states": lambda model, patch: model.generation_config.update(output_hidden_states=True),
+    "logits-processor": lambda model, patch: None,
+    "steering-forward-wrapper": lambda model, patch: steer_at_the_first_decode_step(model),
+}
+CHANGED_TOKENS = {
+    "patched-instance-forward",
+    "patched-mlp-class",
+    "patched-layer-norm-class",
+    "parametrized-weight",
+    "steering-forward-wrapper",
 }
 
 
 @pytest.mark.parametrize("case", list(MODULE_CASES))
-def test_runs_the_modules_would_change_keep_the_modules(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hook, training mode (dropout), a forward patched onto a module, a parametrized weight, per-layer outputs, or
-    a caller's code between steps (which may change the model): the blocks run as modules, with what those change."""
+def test_runs_the_modules_would_change_keep_the_modules(
+    case: str, direct_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hook, training mode (the model's or one block's), a forward patched onto a module or its class, a
+    parametrized weight, per-layer outputs, or a caller's code between steps (a logits processor, a wrapper of the
+    model's forward: they may change the model): the blocks run as modules, with what those change."""
     model = tiny_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, embedding_dropout_prob=0.0)
     reference = model.generate(**blank_inputs(), **GREEDY).tolist()
-    MODULE_CASES[case](model)
+    direct_calls[0] = 0
+    MODULE_CASES[case](model, monkeypatch)
     options: dict[str, Any] = {}
     if case == "logits-processor":
         options["logits_processor"] = LogitsProcessorList([lambda input_ids, scores: scores])
-    calls = count_block_forwards(monkeypatch)
+    torch.manual_seed(0)
     tokens = model.generate(**blank_inputs(), **GREEDY, **options).tolist()
-    assert calls[0] == 2 * GREEDY["max_new_tokens"]  # every block of every forward
-    if case in ("patched-forward", "parametrized-weight"):
-        assert tokens != reference  # what the module changes is in the tokens
+    assert direct_calls[0] == 0
+    if case in CHANGED_TOKENS:
+        assert tokens != reference  # what the change does is in the tokens
+    elif case == "dropout-in-one-block":
+        torch.manual_seed(0)
+        use_the_modules(monkeypatch)
+        assert tokens == model.generate(**blank_inputs(), **GREEDY, **options).tolist()  # the same dropout draws
     elif case != "training":
         assert tokens == reference
 
 
-def test_peft_adapters_and_compiled_blocks_keep_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_function_in_place_of_the_activation_module_is_called(direct_calls: list[int]) -> None:
+    """An activation set as a plain function (not a module) is called as the MLP calls it."""
+    model = tiny_model()
+    reference = model.generate(**blank_inputs(), **GREEDY).tolist()
+    for block in model.glm.layers:
+        del block.mlp.act_fn
+        block.mlp.act_fn = functools.partial(torch.nn.functional.gelu, approximate="tanh")
+    direct_calls[0] = 0
+    assert model.generate(**blank_inputs(), **GREEDY).tolist() == reference
+    assert direct_calls[0] == GREEDY["max_new_tokens"]
+
+
+def test_peft_adapters_and_compiled_blocks_keep_the_modules(direct_calls: list[int]) -> None:
     """PEFT's LoRA layers replace the plain `nn.Linear`s, `Module.compile()` replaces a block's call: both run as
     modules."""
     lora = get_peft_model(tiny_model(), LoraConfig(task_type="CAUSAL_LM", r=4)).eval()
-    calls = count_block_forwards(monkeypatch)
     lora.generate(**blank_inputs(), **GREEDY)
-    assert calls[0] == 2 * GREEDY["max_new_tokens"]
+    assert direct_calls[0] == 0
     model = tiny_model()
     assert direct_layers.direct_layers_apply(model.glm)
     model.glm.layers[1].compile(backend="eager")

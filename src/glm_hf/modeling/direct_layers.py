@@ -34,36 +34,63 @@ if TYPE_CHECKING:
 LayerNormArguments = tuple[tuple[int, ...], torch.Tensor | None, torch.Tensor | None, float]
 
 
-def calls_its_forward(module: nn.Module) -> bool:
-    """Whether calling `module` is calling its class's `forward`: no forward patched onto the instance, no
-    `Module.compile()` (which replaces the call), no parametrization (its weight is computed at every access). Hooks
-    are the caller's check (`forward_hooks_present`), once per run."""
+def call_machinery(cls: type) -> tuple[Any, Any, Any]:
+    """What calling an instance of `cls` runs: its class's `forward`, `__call__` and `_call_impl`."""
+    return cls.forward, cls.__call__, cls._call_impl
+
+
+# What calling each kind of module ran when glm_hf was imported (`remember_calls`): a class patched since (a kernel
+# library's forward, steering code's) runs as modules. Any module class, for the activation: its own forward is called.
+ORIGINAL_CALLS: dict[type, tuple[Any, Any, Any]] = {
+    cls: call_machinery(cls) for cls in (nn.Module, nn.Linear, nn.LayerNorm)
+}
+
+
+def remember_calls(*classes: type) -> None:
+    """Record what calling each of `classes` runs now: called where they are defined, before anyone can patch them."""
+    ORIGINAL_CALLS.update((cls, call_machinery(cls)) for cls in classes)
+
+
+def runs_as_defined(module: Any, kind: type, exact: bool = True) -> bool:
+    """Whether calling `module` runs what calling a `kind` ran at import, and nothing else: of that class (`exact`)
+    or a subclass that changes none of it; in eval mode; no forward or call patched onto the instance, no
+    `Module.compile()` (which replaces the call), no parametrization (a weight computed at every access). Hooks are
+    the caller's check (`forward_hooks_present`), once per run."""
+    if not isinstance(module, kind) or (exact and type(module) is not kind):
+        return False
+    machinery = call_machinery(type(module))
+    if kind is nn.Module:  # any module class: its own forward, the standard call around it
+        machinery, expected = machinery[1:], ORIGINAL_CALLS[nn.Module][1:]
+    else:
+        expected = ORIGINAL_CALLS[kind]
     return (
-        "forward" not in vars(module)
+        machinery == expected
+        and not module.training
+        and not {"forward", "_call_impl"} & vars(module).keys()
         and module._compiled_call_impl is None
         and not parametrize.is_parametrized(module)
     )
 
 
 def direct_layers_apply(model: GLMModel) -> bool:
-    """Whether `DirectLayers` makes exactly the calls of every block's modules: eval mode, GLM's own block classes,
-    leaves whose forward is `nn.Linear`'s and `nn.LayerNorm`'s (not PEFT's, bitsandbytes' or any other layer's), none
-    of them patched or compiled on its own (`calls_its_forward`). The activation may be any module: its forward is
-    called."""
+    """Whether `DirectLayers` makes exactly the calls of every block's modules (`runs_as_defined`): GLM's own block,
+    attention and MLP classes, leaves whose calls are `nn.Linear`'s and `nn.LayerNorm`'s (not PEFT's, bitsandbytes'
+    or any other layer's), all in eval mode (no dropout anywhere), none patched, compiled or parametrized. The
+    activation may be any module or function: its forward, or the function, is called."""
     from .modeling_glm import GLMMLP, GLMAttention, GLMBlock  # the module that uses this one
 
-    if model.training:
-        return False
     for block in model.layers:
-        if type(block) is not GLMBlock or type(block.attention) is not GLMAttention or type(block.mlp) is not GLMMLP:
+        attention, mlp = getattr(block, "attention", None), getattr(block, "mlp", None)
+        if not all(runs_as_defined(*pair) for pair in ((block, GLMBlock), (attention, GLMAttention), (mlp, GLMMLP))):
             return False
-        attention, mlp = block.attention, block.mlp
         linears = (attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h)
         norms = (block.input_layernorm, block.post_attention_layernorm)
-        plain = all(type(linear).forward is nn.Linear.forward for linear in linears) and all(
-            type(norm).forward is nn.LayerNorm.forward for norm in norms
-        )
-        if not plain or not all(map(calls_its_forward, (block, attention, mlp, mlp.act_fn, *linears, *norms))):
+        activation = mlp.act_fn
+        if not (
+            all(runs_as_defined(linear, nn.Linear, exact=False) for linear in linears)
+            and all(runs_as_defined(norm, nn.LayerNorm, exact=False) for norm in norms)
+            and (runs_as_defined(activation, nn.Module, exact=False) or not isinstance(activation, nn.Module))
+        ):
             return False
     return True
 
@@ -105,7 +132,10 @@ class DirectBlock:
         self.dense = (attention.dense.weight, attention.dense.bias)
         self.post_attention_layernorm = layer_norm_arguments(block.post_attention_layernorm)
         self.dense_h_to_4h = (mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias)
-        self.activation: Callable[[torch.Tensor], torch.Tensor] = mlp.act_fn.forward
+        activation = mlp.act_fn  # a module (its forward), or a plain function set in its place
+        self.activation: Callable[[torch.Tensor], torch.Tensor] = (
+            activation.forward if isinstance(activation, nn.Module) else activation
+        )
         self.dense_4h_to_h = (mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias)
 
     def __call__(

@@ -50,7 +50,7 @@ from .captured_decoding import (
 from .chatglm_positions import chatglm_context_lengths, chatglm_position_ids, chatglm_step_position_ids
 from .chatglm_rotary import ChatGLMRotaryEmbedding, apply_rotary
 from .configuration_glm import GLMConfig
-from .direct_layers import DirectLayers, direct_layers_apply
+from .direct_layers import DirectLayers, direct_layers_apply, remember_calls
 
 logger = logging.get_logger(__name__)
 
@@ -635,6 +635,9 @@ class GLMBlock(GradientCheckpointingLayer):
         return (hidden_states if alpha is None else normed * alpha) + mlp_output, attn_weights
 
 
+remember_calls(GLMBlock, GLMAttention, GLMMLP)  # DirectLayers reproduces these calls as they are defined here
+
+
 class GLMPreTrainedModel(PreTrainedModel):
     config: GLMConfig
     config_class = GLMConfig
@@ -1017,6 +1020,10 @@ class GLMModel(GLMPreTrainedModel):
 CALLBACK_ARGUMENTS = ("logits_processor", "stopping_criteria", "streamer", "prefix_allowed_tokens_fn")
 # Streamers known to keep nothing they are handed (they read the tokens as Python lists).
 TEXT_STREAMERS = (TextStreamer, TextIteratorStreamer)
+# Methods that a run calls at every step: one replaced on the model's instance runs a caller's code between steps.
+RUN_METHODS = frozenset(
+    {"forward", "_call_impl", "prepare_inputs_for_generation", "_update_model_kwargs_for_generation"}
+)
 
 
 def takes_loop_tensors(argument: str, value: Any) -> bool:
@@ -1537,9 +1544,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         """Whether this run's forwards call the blocks' weights directly (`DirectLayers`: the modules' logits, bit
         for bit, with less host work): where the modules' calls would do nothing more. No hook on any module (it
         could see or change a block's work), no caller's code between steps (it could change the model: hooks,
-        weights, modes), no quantizer, and blocks that `direct_layers_apply` accepts."""
+        weights, modes), whether a callback of generate()'s or a run method replaced on the instance (`RUN_METHODS`,
+        PEFT's prompt learning among them), no quantizer, and blocks that `direct_layers_apply` accepts."""
         return (
             not self.glm.run_flags.caller_callbacks
+            and not RUN_METHODS & (vars(self).keys() | vars(self.glm).keys())
             and getattr(self, "hf_quantizer", None) is None
             and not forward_hooks_present(self)
             and direct_layers_apply(self.glm)
