@@ -12,8 +12,8 @@ run from `git archive`), each probed in fresh subprocesses that take turns for `
   time, so the minimum is the stablest estimate (a median of differences swung by 2x between runs there, and the
   machine's speed drifts by a quarter over minutes);
 - the host time of the same step made of bare ATen calls over the same weights (no modules, cache object or
-  generation loop), in this run and in inference mode, as `generate()` decodes a plain run: the floor that no eager
-  model of these operators can go under.
+  generation loop), in inference mode as `generate()` decodes a plain run, taking its turn in each round (the
+  fastest round): the floor that no eager model of these operators can go under.
 
 Usage:
     PYTHONPATH=src python benchmarks/bench_host_overhead.py [--baseline d81a4e1] [--rounds 3] [--output]
@@ -238,11 +238,13 @@ def main() -> None:
         # The machine's speed drifts (other jobs on a shared host): the revisions take turns, round after round,
         # and each keeps its fastest round.
         probes: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
+        bare_runs: list[float] = []  # the bare calls take their turn in each round too
         for _ in range(args.rounds):
             for name, source in sources.items():
                 probes[name].append(probe(source))
+            bare_runs.append(bare_step_seconds(args.layers, args.width, args.prompt, args.new_tokens, args.repeats))
     rows = [(name, min(runs, key=lambda run: run["step_ms"])) for name, runs in probes.items()]
-    bare_ms = 1000 * bare_step_seconds(args.layers, args.width, args.prompt, args.new_tokens, args.repeats)
+    bare_ms = 1000 * min(bare_runs)
     lines = [
         f"{args.layers} layers, width {args.width}, prompt {args.prompt} + {args.new_tokens} new tokens, greedy, "
         "eager SDPA, 1 thread, fp32; ops counted on one decode-step forward (a `TorchDispatchMode`).",
