@@ -395,3 +395,44 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch,
     assert model.generate(**inputs, **options).tolist() == expected
     assert step.graph is None and step.capture is False
     assert "could not be captured as a CUDA graph (operation not permitted" in caplog.text
+
+
+class NoReplay:
+    """A captured graph that must not be replayed."""
+
+    def replay(self) -> None:
+        raise AssertionError("a run with a forward hook replayed the captured step")
+
+
+def test_a_run_with_a_forward_hook_runs_every_static_step_eagerly(monkeypatch) -> None:
+    """A replayed graph runs no Python: with a forward hook set, every step of a static-cache run runs eagerly (none
+    captured, none replayed), so the hook sees each one; the tokens are the same."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    options = {"cache_implementation": "static", "min_new_tokens": 8, **GREEDY}
+    expected = model.generate(**inputs, **options).tolist()
+    step = model.decode_steps[model.kept_static_cache[-1]]
+    step.capture, step.warmup_left, step.graph = True, 0, NoReplay()  # a CUDA step captured by the first run
+    calls: list[int] = []
+    handle = model.glm.layers[1].register_forward_hook(lambda module, args, output: calls.append(1))
+
+    def no_capture(graph: object) -> Any:
+        raise AssertionError("a run with a forward hook captured its step")
+
+    monkeypatch.setattr(torch.cuda, "graph", no_capture)
+    assert model.generate(**inputs, **options).tolist() == expected
+    assert len(calls) == GREEDY["max_new_tokens"]  # the prefill and every decode step
+    handle.remove()
+
+
+def test_a_forward_hook_keeps_the_cuda_default_off_the_captured_step(monkeypatch) -> None:
+    """On CUDA the default run keeps a static cache with its captured step, except with a forward hook set: then it
+    takes transformers' loop, whose eager steps the hook sees."""
+    model = tiny_model()
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
+    assert model._keeps_static_cache(model.generation_config, greedy)
+    handle = model.glm.final_layernorm.register_forward_hook(lambda *args: None)
+    assert not model._keeps_static_cache(model.generation_config, greedy)
+    handle.remove()
+    assert model._keeps_static_cache(model.generation_config, greedy)

@@ -147,3 +147,19 @@ def test_fill_blanks_on_cuda_fills_as_on_the_cpu():
     on_cpu = fill_blanks(model, tokenizer, texts, max_new_tokens=5, batch_size=3)
     on_gpu = fill_blanks(model.cuda(), tokenizer, texts, max_new_tokens=5, batch_size=3)
     assert [result.spans for result in on_gpu] == [result.spans for result in on_cpu]
+
+
+def test_a_forward_hook_sees_every_step_of_the_default_run():
+    """A replayed CUDA graph runs no Python: with a forward hook set, the default run decodes eagerly (transformers'
+    loop), and the hook sees the prefill and every decode step, in a first run and after a run that captured."""
+    model = tiny_model().cuda()
+    inputs = prompt_of(9)
+    model.generate(**inputs, **GREEDY)  # captures the step on the kept cache
+    calls: list[int] = []
+    handle = model.glm.layers[1].register_forward_hook(lambda module, args, output: calls.append(1))
+    tokens = model.generate(**inputs, **GREEDY)
+    assert len(calls) == GREEDY["max_new_tokens"]
+    calls.clear()
+    static = model.generate(**inputs, cache_implementation="static", **GREEDY)
+    assert len(calls) == GREEDY["max_new_tokens"] and static.tolist() == tokens.tolist()
+    handle.remove()

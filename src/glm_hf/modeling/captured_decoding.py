@@ -19,6 +19,8 @@ at every step (its stop check reads a device flag). Here, on a static cache:
   that the cache holds exactly the columns transformers' loop would leave.
 
 A step that cannot be captured (a host read somewhere in the forward) runs eagerly, with a warning naming the error.
+A run with a forward hook set on the model runs its steps eagerly too, every one: a replayed graph runs no Python,
+so the hook would see only the steps before the capture (by default such a run takes transformers' loop instead).
 
 On the CPU the same loop runs the step eagerly and checks the stop flag at every step (nothing runs ahead of the
 host there). Token selection, logits processors, stopping criteria and streamers are transformers' own, called as
@@ -168,10 +170,12 @@ class CapturedDecodeStep:
         """Feed `tokens` ([B]) at the current column; the last column's float32 logits [B, V] (a buffer that the next
         step overwrites)."""
         self.tokens.copy_(tokens.view(-1, 1))
-        if self.graph is not None:
+        flags = self.model.glm.run_flags
+        replays = self.capture and not flags.forward_hooks  # a replay runs no Python: no hook would see the step
+        if self.graph is not None and replays:
             self.graph.replay()
-        elif not self.capture or not self.model.glm.run_flags.positions_prechecked or self.model.training:
-            self._run()  # no graph: on the CPU; with a per-step position check (a host sync); with dropout
+        elif not replays or not flags.positions_prechecked or self.model.training:
+            self._run()  # no graph: on the CPU; with a hook; with a per-step position check (a host sync); dropout
         elif self.warmup_left > 0:
             self.warmup_left -= 1
             self._run_on_side_stream()

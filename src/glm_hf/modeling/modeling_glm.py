@@ -701,6 +701,9 @@ class GenerationRunFlags:
         # The caller passed code that the loop calls with its tensors (`CALLBACK_ARGUMENTS`): it may keep them, or
         # need autograd.
         self.caller_callbacks = False
+        # A forward hook was set when the run began: its static-cache steps run eagerly, never from a CUDA graph
+        # (a replay runs no Python, so the hook would not see it).
+        self.forward_hooks = False
         # The run's forwards call the blocks' weights directly (`direct_layers`): set where that changes nothing.
         self.direct_layers: DirectLayers | None = None
 
@@ -1420,9 +1423,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
     def _keeps_static_cache(self, generation_config: GenerationConfig, generation_mode: Any) -> bool:
         """Whether generate() runs on a static cache that it keeps for the next run (with its captured decode step):
         greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
-        not compiled), anywhere with `cache_implementation="static"` (compiled where transformers compiles)."""
+        not compiled) unless a forward hook is set (a replayed graph runs no Python: the hook would see only the
+        steps before the capture), anywhere with `cache_implementation="static"` (compiled where transformers
+        compiles)."""
         if generation_config.cache_implementation is None:
-            if self.device.type != "cuda" or not graph_capture_supported(self):
+            if self.device.type != "cuda" or not graph_capture_supported(self) or forward_hooks_present(self):
                 return False
         elif generation_config.cache_implementation != "static":
             return False
@@ -1483,6 +1488,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         cache_outlives_call = generation_config.return_dict_in_generate or not own
         flags = self.glm.run_flags
         flags.fixed_shape_decoding = not cache_outlives_call
+        flags.forward_hooks = forward_hooks_present(self)  # the step then runs eagerly: no graph skips the hooks
         # An eager step (the CPU): its host work is the step's time. A compiled or captured step has none per layer.
         eager_step = not compile_step and not (self.device.type == "cuda" and graph_capture_supported(self))
         if eager_step and self._calls_blocks_directly():
