@@ -11,12 +11,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.nn.utils import parametrize
-from transformers import LogitsProcessorList
+from transformers import AttentionInterface, LogitsProcessorList
 
 from glm_hf import fill_blanks
-from glm_hf.modeling import direct_layers, modeling_glm
+from glm_hf.modeling import modeling_glm
 from glm_hf.modeling.direct_layers import DirectLayers
-from glm_hf.modeling.modeling_glm import GLMMLP
+from glm_hf.modeling.modeling_glm import GLMMLP, GLMForConditionalGeneration
 
 from conftest import blank_inputs, tiny_chatglm, tiny_model, tiny_word_tokenizer
 
@@ -147,18 +147,55 @@ def patch_a_class(monkeypatch: pytest.MonkeyPatch, cls: type) -> None:
     monkeypatch.setattr(cls, "forward", lambda self, hidden, *args, **kwargs: forward(self, hidden) * -4.0)
 
 
-def steer_at_the_first_decode_step(model: torch.nn.Module) -> None:
-    """A wrapper of the model's forward that registers a steering hook once the prompt is cached: caller code
-    between steps."""
+def steer_once_the_prompt_is_cached(model: torch.nn.Module, columns: int) -> None:
+    """Caller code that changes the model between steps: a steering hook on block 1 from the first decode step on
+    (a forward of `columns` == 1 new column)."""
+    if columns == 1 and not model.glm.layers[1]._forward_hooks:
+        model.glm.layers[1].register_forward_hook(lambda module, args, output: (output[0] * -4.0, output[1]))
+
+
+def steer_from_a_forward_wrapper(model: torch.nn.Module) -> None:
+    """The steering code in a wrapper of the model's forward, set on the instance."""
     forward = model.forward
 
     @functools.wraps(forward)  # its signature: generate() checks its arguments against it
     def steering_forward(*args: Any, **kwargs: Any) -> Any:
-        if kwargs["input_ids"].shape[1] == 1 and not model.glm.layers[1]._forward_hooks:
-            model.glm.layers[1].register_forward_hook(lambda module, args, output: (output[0] * -4.0, output[1]))
+        steer_once_the_prompt_is_cached(model, kwargs["input_ids"].shape[1])
         return forward(*args, **kwargs)
 
     model.forward = steering_forward
+
+
+class SteeringGLM(GLMForConditionalGeneration):
+    """The steering code in a subclass's forward."""
+
+    @functools.wraps(GLMForConditionalGeneration.forward)  # its signature: generate() checks its arguments against it
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        steer_once_the_prompt_is_cached(self, kwargs["input_ids"].shape[1])
+        return super().forward(*args, **kwargs)
+
+
+def steer_from_the_head(model: torch.nn.Module) -> None:
+    """The steering code in a wrapper of the LM head's forward (a module outside the blocks)."""
+    forward = model.lm_head.forward
+
+    def steering_head(hidden: torch.Tensor) -> torch.Tensor:
+        steer_once_the_prompt_is_cached(model, hidden.shape[1])
+        return forward(hidden)
+
+    model.lm_head.forward = steering_head
+
+
+def steer_from_an_attention_function(model: torch.nn.Module) -> None:
+    """The steering code in an attention function of the caller's (transformers' `AttentionInterface`), called in
+    every layer."""
+
+    def steering_attention(module: torch.nn.Module, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        steer_once_the_prompt_is_cached(model, query.shape[2])
+        return modeling_glm.sdpa_attention_forward(module, query, *args, **kwargs)
+
+    AttentionInterface.register("glm_steering_test", steering_attention)
+    model.set_attn_implementation("glm_steering_test")
 
 
 def dropout_in_one_block(model: torch.nn.Module) -> None:
@@ -180,7 +217,12 @@ MODULE_CASES: dict[str, Callable[[torch.nn.Module, pytest.MonkeyPatch], Any]] = 
     ),
     "output-hidden-states": lambda model, patch: model.generation_config.update(output_hidden_states=True),
     "logits-processor": lambda model, patch: None,
-    "steering-forward-wrapper": lambda model, patch: steer_at_the_first_decode_step(model),
+    "steering-forward-wrapper": lambda model, patch: steer_from_a_forward_wrapper(model),
+    "steering-subclass": lambda model, patch: setattr(model, "__class__", SteeringGLM),
+    "steering-head-wrapper": lambda model, patch: steer_from_the_head(model),
+    "steering-attention-function": lambda model, patch: steer_from_an_attention_function(model),
+    "compiled-block": lambda model, patch: model.glm.layers[1].compile(backend="eager"),
+    "function-activation": lambda model, patch: replace_the_activation_by_a_function(model),
 }
 CHANGED_TOKENS = {
     "patched-instance-forward",
@@ -188,6 +230,9 @@ CHANGED_TOKENS = {
     "patched-layer-norm-class",
     "parametrized-weight",
     "steering-forward-wrapper",
+    "steering-subclass",
+    "steering-head-wrapper",
+    "steering-attention-function",
 }
 
 
@@ -196,8 +241,10 @@ def test_runs_the_modules_would_change_keep_the_modules(
     case: str, direct_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A hook, training mode (the model's or one block's), a forward patched onto a module or its class, a
-    parametrized weight, per-layer outputs, or a caller's code between steps (a logits processor, a wrapper of the
-    model's forward: they may change the model): the blocks run as modules, with what those change."""
+    parametrized weight, a block compiled on its own, per-layer outputs, or a caller's code called during the run (a
+    logits processor; a wrapper of the model's or the head's forward, a subclass's forward, an attention function
+    that steer the model between steps; a plain function as the activation): the blocks run as modules, with what
+    those change."""
     model = tiny_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, embedding_dropout_prob=0.0)
     reference = model.generate(**blank_inputs(), **GREEDY).tolist()
     direct_calls[0] = 0
@@ -218,28 +265,22 @@ def test_runs_the_modules_would_change_keep_the_modules(
         assert tokens == reference
 
 
-def test_a_function_in_place_of_the_activation_module_is_called(direct_calls: list[int]) -> None:
-    """An activation set as a plain function (not a module) is called as the MLP calls it."""
-    model = tiny_model()
-    reference = model.generate(**blank_inputs(), **GREEDY).tolist()
+def replace_the_activation_by_a_function(model: torch.nn.Module) -> None:
+    """The activation module of every MLP replaced by a plain function of the same values."""
     for block in model.glm.layers:
         del block.mlp.act_fn
         block.mlp.act_fn = functools.partial(torch.nn.functional.gelu, approximate="tanh")
-    direct_calls[0] = 0
-    assert model.generate(**blank_inputs(), **GREEDY).tolist() == reference
-    assert direct_calls[0] == GREEDY["max_new_tokens"]
 
 
-def test_peft_adapters_and_compiled_blocks_keep_the_modules(direct_calls: list[int]) -> None:
-    """PEFT's LoRA layers replace the plain `nn.Linear`s, `Module.compile()` replaces a block's call: both run as
-    modules."""
+def test_peft_adapters_keep_the_modules(direct_calls: list[int]) -> None:
+    """PEFT's LoRA layers replace the plain `nn.Linear`s: the blocks run as modules; merged into the weights, they
+    are plain again."""
     lora = get_peft_model(tiny_model(), LoraConfig(task_type="CAUSAL_LM", r=4)).eval()
-    lora.generate(**blank_inputs(), **GREEDY)
+    tokens = lora.generate(**blank_inputs(), **GREEDY).tolist()
     assert direct_calls[0] == 0
-    model = tiny_model()
-    assert direct_layers.direct_layers_apply(model.glm)
-    model.glm.layers[1].compile(backend="eager")
-    assert not direct_layers.direct_layers_apply(model.glm)
+    merged = lora.merge_and_unload()
+    assert merged.generate(**blank_inputs(), **GREEDY).tolist() == tokens
+    assert direct_calls[0] == GREEDY["max_new_tokens"]
 
 
 def test_a_failed_run_leaves_no_direct_layers_behind() -> None:

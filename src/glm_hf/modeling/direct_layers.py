@@ -8,11 +8,13 @@ arguments, on the weights taken from the blocks once per run: the logits are bit
 (`tests/test_direct_layers.py`).
 
 Only where the module machinery provably does nothing (`GLMForConditionalGeneration._calls_blocks_directly`): no
-hook on any module, no caller's code called between steps (which could change the model), no quantizer, eval mode,
-no per-layer outputs, and blocks made of GLM's own classes with `nn.Linear` and `nn.LayerNorm` leaves, none patched,
-parametrized or compiled on its own (`direct_layers_apply`); in transformers' loop and, where its step is eager (the
-CPU), in the static-cache loop. Any other model (PEFT adapters, quantized or offloaded layers, hooks, training) runs
-its modules, as before. The weights are taken when the run starts: nothing the run calls can replace them.
+hook on any module; no code of the caller's that the run calls (which could change the blocks between steps): no
+callback of generate()'s, no call method patched onto any module or overridden in a class since import, GLM's own
+attention function; no quantizer; no per-layer outputs; blocks of GLM's own classes with `nn.Linear` and
+`nn.LayerNorm` leaves, in eval mode, none parametrized or compiled on its own (`direct_layers_apply`). In
+transformers' loop and, where its step is eager (the CPU, a GPU without graph capture), in the static-cache loop.
+Any other model (PEFT adapters, quantized or offloaded layers, hooks, training) runs its modules, as before. The
+weights are taken when the run starts; a change to the model made meanwhile from another thread is not seen.
 """
 
 from __future__ import annotations
@@ -34,62 +36,78 @@ if TYPE_CHECKING:
 LayerNormArguments = tuple[tuple[int, ...], torch.Tensor | None, torch.Tensor | None, float]
 
 
-def call_machinery(cls: type) -> tuple[Any, Any, Any]:
-    """What calling an instance of `cls` runs: its class's `forward`, `__call__` and `_call_impl`."""
-    return cls.forward, cls.__call__, cls._call_impl
+# What a call of a module, or a step of a generate() run, runs of its class: patched onto an instance or overridden
+# since import, it is code of the caller's that the run calls (and that could change the blocks between steps).
+CALL_METHODS = (
+    "forward",
+    "__call__",
+    "_call_impl",
+    "prepare_inputs_for_generation",
+    "_update_model_kwargs_for_generation",
+)
 
 
-# What calling each kind of module ran when glm_hf was imported (`remember_calls`): a class patched since (a kernel
-# library's forward, steering code's) runs as modules. Any module class, for the activation: its own forward is called.
-ORIGINAL_CALLS: dict[type, tuple[Any, Any, Any]] = {
-    cls: call_machinery(cls) for cls in (nn.Module, nn.Linear, nn.LayerNorm)
-}
+def calls_of(cls: type) -> tuple[Any, ...]:
+    """The functions that `CALL_METHODS` name on `cls` (None where it has no such method)."""
+    return tuple(getattr(cls, name, None) for name in CALL_METHODS)
+
+
+# What each class's calls were when glm_hf was imported (`remember_calls`; GLM's own classes are added where they are
+# defined). A class patched since (a kernel library's forward, steering code) runs as modules.
+ORIGINAL_CALLS: dict[type, tuple[Any, ...]] = {cls: calls_of(cls) for cls in (nn.Linear, nn.LayerNorm)}
+# `nn.Module`'s call around a forward, at import.
+MODULE_CALL = (nn.Module.__call__, nn.Module._call_impl)
 
 
 def remember_calls(*classes: type) -> None:
-    """Record what calling each of `classes` runs now: called where they are defined, before anyone can patch them."""
-    ORIGINAL_CALLS.update((cls, call_machinery(cls)) for cls in classes)
+    """Record the calls of `classes` as they are now: called where they are defined, before anyone can patch them."""
+    ORIGINAL_CALLS.update((cls, calls_of(cls)) for cls in classes)
 
 
-def runs_as_defined(module: Any, kind: type, exact: bool = True) -> bool:
-    """Whether calling `module` runs what calling a `kind` ran at import, and nothing else: of that class (`exact`)
-    or a subclass that changes none of it; in eval mode; no forward or call patched onto the instance, no
-    `Module.compile()` (which replaces the call), no parametrization (a weight computed at every access). Hooks are
-    the caller's check (`forward_hooks_present`), once per run."""
-    if not isinstance(module, kind) or (exact and type(module) is not kind):
-        return False
-    machinery = call_machinery(type(module))
-    if kind is nn.Module:  # any module class: its own forward, the standard call around it
-        machinery, expected = machinery[1:], ORIGINAL_CALLS[nn.Module][1:]
-    else:
-        expected = ORIGINAL_CALLS[kind]
-    return (
-        machinery == expected
-        and not module.training
-        and not {"forward", "_call_impl"} & vars(module).keys()
-        and module._compiled_call_impl is None
-        and not parametrize.is_parametrized(module)
-    )
+def calls_as_defined(module: Any, cls: type) -> bool:
+    """Whether `module` is a `cls` whose class calls what `cls` called at import (`cls` itself, or a subclass that
+    overrides none of `CALL_METHODS`)."""
+    return isinstance(module, cls) and calls_of(type(module)) == ORIGINAL_CALLS[cls]
+
+
+def patched_on_instance(module: nn.Module) -> bool:
+    """Whether a call method (`CALL_METHODS`) is set on the instance, or the module is compiled on its own
+    (`Module.compile()` replaces its call)."""
+    return bool(set(CALL_METHODS) & vars(module).keys()) or module._compiled_call_impl is not None
+
+
+def calls_its_forward(module: Any) -> bool:
+    """Whether `module` is a module whose class keeps `nn.Module`'s call around its forward."""
+    return isinstance(module, nn.Module) and (type(module).__call__, type(module)._call_impl) == MODULE_CALL
+
+
+def plain_leaf(module: nn.Module, cls: type) -> bool:
+    """A `nn.Linear` / `nn.LayerNorm` that calls as defined, in eval mode, without a parametrization (a weight
+    computed at every access)."""
+    return calls_as_defined(module, cls) and not module.training and not parametrize.is_parametrized(module)
 
 
 def direct_layers_apply(model: GLMModel) -> bool:
-    """Whether `DirectLayers` makes exactly the calls of every block's modules (`runs_as_defined`): GLM's own block,
-    attention and MLP classes, leaves whose calls are `nn.Linear`'s and `nn.LayerNorm`'s (not PEFT's, bitsandbytes'
-    or any other layer's), all in eval mode (no dropout anywhere), none patched, compiled or parametrized. The
-    activation may be any module or function: its forward, or the function, is called."""
+    """Whether `DirectLayers` makes exactly the calls of every block's modules: GLM's own block, attention and MLP
+    classes and leaves of `nn.Linear` and `nn.LayerNorm` (not PEFT's, bitsandbytes' or any other layer's), all
+    calling as defined at import, in eval mode (no dropout anywhere), none parametrized; the activation a module of
+    any class with the standard call around its forward. Patches on instances and hooks are the caller's checks
+    (`patched_on_instance`, `forward_hooks_present`), over the whole model once per run."""
     from .modeling_glm import GLMMLP, GLMAttention, GLMBlock  # the module that uses this one
 
     for block in model.layers:
         attention, mlp = getattr(block, "attention", None), getattr(block, "mlp", None)
-        if not all(runs_as_defined(*pair) for pair in ((block, GLMBlock), (attention, GLMAttention), (mlp, GLMMLP))):
+        containers = ((block, GLMBlock), (attention, GLMAttention), (mlp, GLMMLP))
+        if not all(type(module) is cls and calls_as_defined(module, cls) for module, cls in containers):
             return False
         linears = (attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h)
         norms = (block.input_layernorm, block.post_attention_layernorm)
         activation = mlp.act_fn
         if not (
-            all(runs_as_defined(linear, nn.Linear, exact=False) for linear in linears)
-            and all(runs_as_defined(norm, nn.LayerNorm, exact=False) for norm in norms)
-            and (runs_as_defined(activation, nn.Module, exact=False) or not isinstance(activation, nn.Module))
+            all(plain_leaf(linear, nn.Linear) for linear in linears)
+            and all(plain_leaf(norm, nn.LayerNorm) for norm in norms)
+            and calls_its_forward(activation)
+            and not any(module.training for module in (block, attention, mlp, activation))
         ):
             return False
     return True
@@ -132,10 +150,7 @@ class DirectBlock:
         self.dense = (attention.dense.weight, attention.dense.bias)
         self.post_attention_layernorm = layer_norm_arguments(block.post_attention_layernorm)
         self.dense_h_to_4h = (mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias)
-        activation = mlp.act_fn  # a module (its forward), or a plain function set in its place
-        self.activation: Callable[[torch.Tensor], torch.Tensor] = (
-            activation.forward if isinstance(activation, nn.Module) else activation
-        )
+        self.activation: Callable[[torch.Tensor], torch.Tensor] = mlp.act_fn.forward
         self.dense_4h_to_h = (mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias)
 
     def __call__(

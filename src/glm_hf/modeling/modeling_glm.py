@@ -50,7 +50,7 @@ from .captured_decoding import (
 from .chatglm_positions import chatglm_context_lengths, chatglm_position_ids, chatglm_step_position_ids
 from .chatglm_rotary import ChatGLMRotaryEmbedding, apply_rotary
 from .configuration_glm import GLMConfig
-from .direct_layers import DirectLayers, direct_layers_apply, remember_calls
+from .direct_layers import DirectLayers, calls_as_defined, direct_layers_apply, patched_on_instance, remember_calls
 
 logger = logging.get_logger(__name__)
 
@@ -1023,10 +1023,6 @@ class GLMModel(GLMPreTrainedModel):
 CALLBACK_ARGUMENTS = ("logits_processor", "stopping_criteria", "streamer", "prefix_allowed_tokens_fn")
 # Streamers known to keep nothing they are handed (they read the tokens as Python lists).
 TEXT_STREAMERS = (TextStreamer, TextIteratorStreamer)
-# Methods that a run calls at every step: one replaced on the model's instance runs a caller's code between steps.
-RUN_METHODS = frozenset(
-    {"forward", "_call_impl", "prepare_inputs_for_generation", "_update_model_kwargs_for_generation"}
-)
 
 
 def takes_loop_tensors(argument: str, value: Any) -> bool:
@@ -1468,7 +1464,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         """transformers' greedy / sampling loop (`_transformers_loop`: in inference mode where only the tokens leave
         the run); on a static cache GLM's own (`captured_decoding`: the decode step is a CUDA graph replayed per
         token, the stop check does not wait for the device), which gives the same tokens. The step is compiled first
-        where transformers would compile it (a static cache not chosen by default)."""
+        where transformers would compile it (a static cache not chosen by default). Both loops' eager forwards run
+        their blocks as `DirectLayers` where `_calls_blocks_directly` allows it."""
         cache = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         if not static_cache_loop_applies(self, cache, generation_config, model_kwargs, synced_gpus):
             return self._transformers_loop(
@@ -1533,8 +1530,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self, loop: Callable[..., Any], input_ids: torch.LongTensor, generation_config: GenerationConfig, **kwargs: Any
     ) -> Any:
         """One of transformers' decoding loops, under `torch.inference_mode()` where `_decodes_in_inference_mode`
-        allows it; the tokens are then handed back as a plain tensor (an inference tensor is read-only outside
-        inference mode)."""
+        allows it (the tokens are then handed back as a plain tensor: an inference tensor is read-only outside
+        inference mode), and with the blocks as `DirectLayers` where `_calls_blocks_directly` allows it."""
         inference = self._decodes_in_inference_mode(generation_config)
         flags = self.glm.run_flags
         if self._calls_blocks_directly():
@@ -1550,12 +1547,17 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         """Whether this run's forwards call the blocks' weights directly (`DirectLayers`: the modules' logits, bit
         for bit, with less host work): where the modules' calls would do nothing more. No hook on any module (it
         could see or change a block's work), no caller's code between steps (it could change the model: hooks,
-        weights, modes), whether a callback of generate()'s or a run method replaced on the instance (`RUN_METHODS`,
-        PEFT's prompt learning among them), no quantizer, and blocks that `direct_layers_apply` accepts."""
+        weights, modes): no callback of generate()'s, no call method of any module patched onto its instance or
+        overridden in the model's classes since import (`calls_as_defined`; PEFT's prompt learning sets
+        `prepare_inputs_for_generation` on the instance), GLM's own attention function (another is called in every
+        layer). No quantizer, and blocks that `direct_layers_apply` accepts."""
         return (
             not self.glm.run_flags.caller_callbacks
-            and not RUN_METHODS & (vars(self).keys() | vars(self.glm).keys())
+            and self.config._attn_implementation in GLM_ATTENTION_FUNCTIONS
             and getattr(self, "hf_quantizer", None) is None
+            and calls_as_defined(self, GLMForConditionalGeneration)
+            and calls_as_defined(self.glm, GLMModel)
+            and not any(patched_on_instance(module) for module in self.modules())
             and not forward_hooks_present(self)
             and direct_layers_apply(self.glm)
         )
@@ -1630,6 +1632,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         elif block_position_ids is not None:
             model_kwargs["block_position_ids"] = block_position_ids
         return model_kwargs
+
+
+remember_calls(GLMModel, GLMForConditionalGeneration)  # what a run calls, as defined here (`_calls_blocks_directly`)
 
 
 class GLMGenerationRun:
