@@ -1486,7 +1486,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         flags = self.glm.run_flags
         flags.fixed_shape_decoding = not cache_outlives_call
         flags.forward_hooks = forward_hooks_present(self)  # the step then runs eagerly: no graph skips the hooks
-        # An eager step (the CPU): its host work is the step's time. A compiled or captured step has none per layer.
+        # An eager step (the CPU, a GPU without graph capture): its host work counts. A compiled or captured one has
+        # none per layer.
         eager_step = not compile_step and not (self.device.type == "cuda" and graph_capture_supported(self))
         if eager_step and self._calls_blocks_directly():
             flags.direct_layers = DirectLayers(self.glm)
