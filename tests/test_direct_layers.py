@@ -223,6 +223,8 @@ MODULE_CASES: dict[str, Callable[[torch.nn.Module, pytest.MonkeyPatch], Any]] = 
     "steering-attention-function": lambda model, patch: steer_from_an_attention_function(model),
     "compiled-block": lambda model, patch: model.glm.layers[1].compile(backend="eager"),
     "function-activation": lambda model, patch: replace_the_activation_by_a_function(model),
+    "steering-activation-module": lambda model, patch: use_a_steering_activation(model),
+    "hooked-blocks-in-a-list": lambda model, patch: hook_blocks_held_in_a_list(model),
 }
 CHANGED_TOKENS = {
     "patched-instance-forward",
@@ -233,6 +235,8 @@ CHANGED_TOKENS = {
     "steering-subclass",
     "steering-head-wrapper",
     "steering-attention-function",
+    "steering-activation-module",
+    "hooked-blocks-in-a-list",
 }
 
 
@@ -243,8 +247,8 @@ def test_runs_the_modules_would_change_keep_the_modules(
     """A hook, training mode (the model's or one block's), a forward patched onto a module or its class, a
     parametrized weight, a block compiled on its own, per-layer outputs, or a caller's code called during the run (a
     logits processor; a wrapper of the model's or the head's forward, a subclass's forward, an attention function
-    that steer the model between steps; a plain function as the activation): the blocks run as modules, with what
-    those change."""
+    that steer the model between steps; an activation of one's own, module or function; blocks held in a plain list,
+    where a hook on them is not among the model's modules): the blocks run as modules, with what those change."""
     model = tiny_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, embedding_dropout_prob=0.0)
     reference = model.generate(**blank_inputs(), **GREEDY).tolist()
     direct_calls[0] = 0
@@ -265,11 +269,61 @@ def test_runs_the_modules_would_change_keep_the_modules(
         assert tokens == reference
 
 
+class SteeringActivation(torch.nn.Module):
+    """An activation module of the caller's own: code the run calls in every layer, here steering from the second
+    call on."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.calls, self.model = 0, [model]  # in a list: not a submodule
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        steer_once_the_prompt_is_cached(self.model[0], 1 if self.calls > 1 else 2)
+        return torch.nn.functional.gelu(hidden, approximate="tanh")
+
+
+def use_a_steering_activation(model: torch.nn.Module) -> None:
+    model.glm.layers[0].mlp.act_fn = SteeringActivation(model).eval()
+
+
+def hook_blocks_held_in_a_list(model: torch.nn.Module) -> None:
+    """Blocks in a plain list (not a `nn.ModuleList`), one of them hooked."""
+    layers = list(model.glm.layers)
+    del model.glm.layers
+    model.glm.layers = layers
+    layers[0].mlp.register_forward_hook(lambda module, args, output: output * -4.0)
+
+
 def replace_the_activation_by_a_function(model: torch.nn.Module) -> None:
     """The activation module of every MLP replaced by a plain function of the same values."""
     for block in model.glm.layers:
         del block.mlp.act_fn
         block.mlp.act_fn = functools.partial(torch.nn.functional.gelu, approximate="tanh")
+
+
+def test_a_rotation_replaced_in_the_modeling_module_is_called(
+    direct_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel library replaces module-level functions such as `modeling_glm.apply_rotary`: `DirectLayers` calls
+    the replacement too, as `GLMAttention` does."""
+    calls: list[int] = []
+    rotate = modeling_glm.apply_rotary
+
+    def fused_rotary(states: torch.Tensor, *args: Any) -> torch.Tensor:
+        calls.append(1)
+        return rotate(states, *args).flip(-1)
+
+    model = tiny_chatglm()
+    reference = generate_with_logits(model, chatglm_prompts(), **GREEDY)[1]
+    monkeypatch.setattr(modeling_glm, "apply_rotary", fused_rotary)
+    tokens, logits = generate_with_logits(model, chatglm_prompts(), **GREEDY)
+    assert direct_calls[0] == 2 * GREEDY["max_new_tokens"] and calls
+    assert not torch.equal(logits[0], reference[0])  # the replacement's rotation is in the logits
+    use_the_modules(monkeypatch)
+    module_tokens, module_logits = generate_with_logits(model, chatglm_prompts(), **GREEDY)
+    assert module_tokens == tokens
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(logits, module_logits, strict=True))
 
 
 def test_peft_adapters_keep_the_modules(direct_calls: list[int]) -> None:

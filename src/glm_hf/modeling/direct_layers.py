@@ -9,25 +9,29 @@ arguments, on the weights taken from the blocks once per run: the logits are bit
 
 Only where the module machinery provably does nothing (`GLMForConditionalGeneration._calls_blocks_directly`): no
 hook on any module; no code of the caller's that the run calls (which could change the blocks between steps): no
-callback of generate()'s, no call method patched onto any module or overridden in a class since import, GLM's own
-attention function; no quantizer; no per-layer outputs; blocks of GLM's own classes with `nn.Linear` and
-`nn.LayerNorm` leaves, in eval mode, none parametrized or compiled on its own (`direct_layers_apply`). In
-transformers' loop and, where its step is eager (the CPU, a GPU without graph capture), in the static-cache loop.
-Any other model (PEFT adapters, quantized or offloaded layers, hooks, training) runs its modules, as before. The
-weights are taken when the run starts; a change to the model made meanwhile from another thread is not seen.
+callback of generate()'s, no call method patched onto any module or overridden in a class, GLM's own attention
+function, an activation of torch's or transformers' own code; no quantizer; no per-layer outputs; blocks in a
+`nn.ModuleList`, of GLM's own classes, with `nn.Linear` and `nn.LayerNorm` leaves calling torch's own code, in eval
+mode, none parametrized or compiled on its own (`direct_layers_apply`). A kernel library's replacement of
+`modeling_glm.apply_rotary` is called, as `GLMAttention` calls it. In transformers' loop and, where its step is eager
+(the CPU, a GPU without graph capture), in the static-cache loop. Any other model (PEFT adapters, quantized or
+offloaded layers, hooks, training) runs its modules, as before. The weights are taken when the run starts; a change to
+the model made meanwhile from another thread is not seen.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import transformers
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers.cache_utils import Cache
-
-from .chatglm_rotary import apply_rotary
 
 if TYPE_CHECKING:
     from .modeling_glm import GLMBlock, GLMModel
@@ -36,14 +40,20 @@ if TYPE_CHECKING:
 LayerNormArguments = tuple[tuple[int, ...], torch.Tensor | None, torch.Tensor | None, float]
 
 
-# What a call of a module, or a step of a generate() run, runs of its class: patched onto an instance or overridden
-# since import, it is code of the caller's that the run calls (and that could change the blocks between steps).
+# What a call of a module, or a step of a generate() run, runs of its class: patched onto an instance or overridden,
+# it is code of the caller's that the run calls (and that could change the blocks between steps).
 CALL_METHODS = (
     "forward",
     "__call__",
     "_call_impl",
     "prepare_inputs_for_generation",
     "_update_model_kwargs_for_generation",
+)
+# Where the code that a block's call may run lives: torch's, transformers' and GLM's own files (this folder, which
+# also holds the flat files of an exported remote-code model).
+OWN_CODE_FOLDERS = tuple(
+    str(Path(folder).resolve()) + os.sep
+    for folder in (Path(torch.__file__).parent, Path(transformers.__file__).parent, Path(__file__).parent)
 )
 
 
@@ -52,11 +62,22 @@ def calls_of(cls: type) -> tuple[Any, ...]:
     return tuple(getattr(cls, name, None) for name in CALL_METHODS)
 
 
-# What each class's calls were when glm_hf was imported (`remember_calls`; GLM's own classes are added where they are
-# defined). A class patched since (a kernel library's forward, steering code) runs as modules.
-ORIGINAL_CALLS: dict[type, tuple[Any, ...]] = {cls: calls_of(cls) for cls in (nn.Linear, nn.LayerNorm)}
-# `nn.Module`'s call around a forward, at import.
-MODULE_CALL = (nn.Module.__call__, nn.Module._call_impl)
+@functools.cache
+def own_file(filename: str) -> bool:
+    """Whether the source file `filename` is in `OWN_CODE_FOLDERS`."""
+    return str(Path(filename).resolve()).startswith(OWN_CODE_FOLDERS)
+
+
+def own_code(cls: type) -> bool:
+    """Whether every call method of `cls` is torch's, transformers' or GLM's own code (not a kernel library's or a
+    caller's patch, made before or after glm_hf was imported)."""
+    functions = [function for function in calls_of(cls) if function is not None]
+    return all(hasattr(function, "__code__") and own_file(function.__code__.co_filename) for function in functions)
+
+
+# The calls of GLM's own classes where they are defined (`remember_calls`): one patched or overridden since, even with
+# GLM's own code, runs as modules.
+ORIGINAL_CALLS: dict[type, tuple[Any, ...]] = {}
 
 
 def remember_calls(*classes: type) -> None:
@@ -65,8 +86,8 @@ def remember_calls(*classes: type) -> None:
 
 
 def calls_as_defined(module: Any, cls: type) -> bool:
-    """Whether `module` is a `cls` whose class calls what `cls` called at import (`cls` itself, or a subclass that
-    overrides none of `CALL_METHODS`)."""
+    """Whether `module` is a `cls` (one of GLM's classes, `remember_calls`) whose class calls what `cls` called where
+    it was defined (`cls` itself, or a subclass that overrides none of `CALL_METHODS`)."""
     return isinstance(module, cls) and calls_of(type(module)) == ORIGINAL_CALLS[cls]
 
 
@@ -76,25 +97,28 @@ def patched_on_instance(module: nn.Module) -> bool:
     return bool(set(CALL_METHODS) & vars(module).keys()) or module._compiled_call_impl is not None
 
 
-def calls_its_forward(module: Any) -> bool:
-    """Whether `module` is a module whose class keeps `nn.Module`'s call around its forward."""
-    return isinstance(module, nn.Module) and (type(module).__call__, type(module)._call_impl) == MODULE_CALL
-
-
-def plain_leaf(module: nn.Module, cls: type) -> bool:
-    """A `nn.Linear` / `nn.LayerNorm` that calls as defined, in eval mode, without a parametrization (a weight
-    computed at every access)."""
-    return calls_as_defined(module, cls) and not module.training and not parametrize.is_parametrized(module)
+def plain_leaf(module: Any, cls: type) -> bool:
+    """A `nn.Linear` / `nn.LayerNorm` (`cls`) that calls what `cls` calls (a subclass that overrides none of it), in
+    eval mode, without a parametrization (a weight computed at every access)."""
+    return (
+        isinstance(module, cls)
+        and calls_of(type(module)) == calls_of(cls)
+        and not module.training
+        and not parametrize.is_parametrized(module)
+    )
 
 
 def direct_layers_apply(model: GLMModel) -> bool:
-    """Whether `DirectLayers` makes exactly the calls of every block's modules: GLM's own block, attention and MLP
-    classes and leaves of `nn.Linear` and `nn.LayerNorm` (not PEFT's, bitsandbytes' or any other layer's), all
-    calling as defined at import, in eval mode (no dropout anywhere), none parametrized; the activation a module of
-    any class with the standard call around its forward. Patches on instances and hooks are the caller's checks
-    (`patched_on_instance`, `forward_hooks_present`), over the whole model once per run."""
+    """Whether `DirectLayers` makes exactly the calls of every block's modules: blocks in a `nn.ModuleList` (where
+    the model-wide checks of hooks and patches see them); GLM's own block, attention and MLP classes, calling as
+    defined; leaves of `nn.Linear` and `nn.LayerNorm` (not PEFT's, bitsandbytes' or any other layer's) and an
+    activation module of torch's or transformers' own code; all in eval mode (no dropout anywhere), none
+    parametrized. Patches on instances and hooks are the caller's checks (`patched_on_instance`,
+    `forward_hooks_present`), over the whole model once per run."""
     from .modeling_glm import GLMMLP, GLMAttention, GLMBlock  # the module that uses this one
 
+    if not (isinstance(model.layers, nn.ModuleList) and own_code(nn.Linear) and own_code(nn.LayerNorm)):
+        return False
     for block in model.layers:
         attention, mlp = getattr(block, "attention", None), getattr(block, "mlp", None)
         containers = ((block, GLMBlock), (attention, GLMAttention), (mlp, GLMMLP))
@@ -106,7 +130,8 @@ def direct_layers_apply(model: GLMModel) -> bool:
         if not (
             all(plain_leaf(linear, nn.Linear) for linear in linears)
             and all(plain_leaf(norm, nn.LayerNorm) for norm in norms)
-            and calls_its_forward(activation)
+            and isinstance(activation, nn.Module)
+            and own_code(type(activation))
             and not any(module.training for module in (block, attention, mlp, activation))
         ):
             return False
@@ -128,6 +153,7 @@ class DirectBlock:
         "scaling",
         "two_d",
         "deepnorm_alpha",
+        "apply_rotary",
         "input_layernorm",
         "query_key_value",
         "dense",
@@ -137,7 +163,7 @@ class DirectBlock:
         "dense_4h_to_h",
     )
 
-    def __init__(self, block: GLMBlock) -> None:
+    def __init__(self, block: GLMBlock, apply_rotary: Callable) -> None:
         attention, mlp = block.attention, block.mlp
         self.attention = attention  # handed to the attention function, as the module path hands it
         self.layer_idx = attention.layer_idx
@@ -145,6 +171,7 @@ class DirectBlock:
         self.scaling = attention.scaling
         self.two_d = attention.config.block_position_encoding
         self.deepnorm_alpha = block.deepnorm_alpha
+        self.apply_rotary = apply_rotary
         self.input_layernorm = layer_norm_arguments(block.input_layernorm)
         self.query_key_value = (attention.query_key_value.weight, attention.query_key_value.bias)
         self.dense = (attention.dense.weight, attention.dense.bias)
@@ -176,8 +203,8 @@ class DirectBlock:
         )
         if position_embeddings is not None:
             cos, sin = position_embeddings
-            query_states = apply_rotary(query_states, cos, sin, self.two_d)
-            key_states = apply_rotary(key_states, cos, sin, self.two_d)
+            query_states = self.apply_rotary(query_states, cos, sin, self.two_d)
+            key_states = self.apply_rotary(key_states, cos, sin, self.two_d)
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
         attn_output, _ = attention_interface(
@@ -199,10 +226,12 @@ class DirectBlock:
 
 
 class DirectLayers:
-    """`GLMModel`'s blocks as `DirectBlock`s, taken once per `generate()` run (`direct_layers_apply` must hold)."""
+    """`GLMModel`'s blocks as `DirectBlock`s, taken once per `generate()` run (`direct_layers_apply` must hold).
+    `apply_rotary`: the rotation that `GLMAttention` calls (`modeling_glm.apply_rotary`, or what replaced it there,
+    as kernel libraries replace such functions)."""
 
-    def __init__(self, model: GLMModel) -> None:
-        self.blocks = [DirectBlock(block) for block in model.layers]
+    def __init__(self, model: GLMModel, apply_rotary: Callable) -> None:
+        self.blocks = [DirectBlock(block, apply_rotary) for block in model.layers]
 
     def __call__(
         self,

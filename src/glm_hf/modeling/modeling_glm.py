@@ -1490,7 +1490,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         # none per layer.
         eager_step = not compile_step and not (self.device.type == "cuda" and graph_capture_supported(self))
         if eager_step and self._calls_blocks_directly():
-            flags.direct_layers = DirectLayers(self.glm)
+            flags.direct_layers = DirectLayers(self.glm, apply_rotary)  # the rotation GLMAttention calls
         try:
             return decode_on_static_cache(
                 self,
@@ -1536,7 +1536,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         inference = self._decodes_in_inference_mode(generation_config)
         flags = self.glm.run_flags
         if self._calls_blocks_directly():
-            flags.direct_layers = DirectLayers(self.glm)
+            flags.direct_layers = DirectLayers(self.glm, apply_rotary)  # the rotation GLMAttention calls
         try:
             with torch.inference_mode() if inference else NO_CONTEXT:
                 output = loop(input_ids, generation_config=generation_config, **kwargs)
