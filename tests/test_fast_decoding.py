@@ -382,10 +382,23 @@ def keep_activations_of_every_module(model: torch.nn.Module, kept: list[torch.Te
     return torch.nn.modules.module.register_module_forward_hook(hook).remove
 
 
+def keep_activations_through_accelerate(model: torch.nn.Module, kept: list[torch.Tensor]) -> Callable[[], None]:
+    """accelerate's hooks (offloading, device alignment) wrap a module's forward and mark it with `_hf_hook`."""
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    class Keep(ModelHook):
+        def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+            kept.append(output)
+            return output
+
+    add_hook_to_module(model.glm.final_layernorm, Keep())
+    return lambda: remove_hook_from_module(model.glm.final_layernorm)
+
+
 @pytest.mark.parametrize(
     "keep",
-    [keep_activations_of_the_first_layer, keep_activations_of_every_module],
-    ids=["module-hook", "global-hook"],
+    [keep_activations_of_the_first_layer, keep_activations_of_every_module, keep_activations_through_accelerate],
+    ids=["module-hook", "global-hook", "accelerate-hook"],
 )
 def test_a_forward_hook_keeps_the_run_out_of_inference_mode(keep: Callable) -> None:
     """A hook may keep activations (a probe trained on them later): the run stays out of inference mode, so that

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import transformers
 from torch import nn
-from torch.nn.utils import parametrize
 from transformers.cache_utils import Cache
 
 if TYPE_CHECKING:
@@ -49,6 +48,7 @@ CALL_METHODS = (
     "prepare_inputs_for_generation",
     "_update_model_kwargs_for_generation",
 )
+CALL_METHOD_NAMES = frozenset(CALL_METHODS)
 # Where the code that a block's call may run lives: torch's, transformers' and GLM's own files (this folder, which
 # also holds the flat files of an exported remote-code model).
 OWN_CODE_FOLDERS = tuple(
@@ -94,18 +94,18 @@ def calls_as_defined(module: Any, cls: type) -> bool:
 def patched_on_instance(module: nn.Module) -> bool:
     """Whether a call method (`CALL_METHODS`) is set on the instance, or the module is compiled on its own
     (`Module.compile()` replaces its call)."""
-    return bool(set(CALL_METHODS) & vars(module).keys()) or module._compiled_call_impl is not None
+    return not CALL_METHOD_NAMES.isdisjoint(vars(module)) or module._compiled_call_impl is not None
 
 
-def plain_leaf(module: Any, cls: type) -> bool:
+def plain_leaf(module: Any, cls: type, leaf_classes: dict[type, bool]) -> bool:
     """A `nn.Linear` / `nn.LayerNorm` (`cls`) that calls what `cls` calls (a subclass that overrides none of it), in
-    eval mode, without a parametrization (a weight computed at every access)."""
-    return (
-        isinstance(module, cls)
-        and calls_of(type(module)) == calls_of(cls)
-        and not module.training
-        and not parametrize.is_parametrized(module)
-    )
+    eval mode, without a parametrization (a weight computed at every access; `torch.nn.utils.parametrize` keeps them
+    in the submodule `parametrizations`). `leaf_classes`: the classes found so
+    far in this check, and whether they call what `cls` calls (looked up once per class, not per layer)."""
+    kind = type(module)
+    if kind not in leaf_classes:
+        leaf_classes[kind] = issubclass(kind, cls) and calls_of(kind) == calls_of(cls)
+    return leaf_classes[kind] and not module.training and "parametrizations" not in module._modules
 
 
 def direct_layers_apply(model: GLMModel) -> bool:
@@ -119,17 +119,21 @@ def direct_layers_apply(model: GLMModel) -> bool:
 
     if not (isinstance(model.layers, nn.ModuleList) and own_code(nn.Linear) and own_code(nn.LayerNorm)):
         return False
+    linear_classes: dict[type, bool] = {}
+    norm_classes: dict[type, bool] = {}
+    if not all(calls_of(cls) == ORIGINAL_CALLS[cls] for cls in (GLMBlock, GLMAttention, GLMMLP)):
+        return False  # a class patched since it was defined
     for block in model.layers:
         attention, mlp = getattr(block, "attention", None), getattr(block, "mlp", None)
         containers = ((block, GLMBlock), (attention, GLMAttention), (mlp, GLMMLP))
-        if not all(type(module) is cls and calls_as_defined(module, cls) for module, cls in containers):
+        if not all(type(module) is cls for module, cls in containers):
             return False
         linears = (attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h)
         norms = (block.input_layernorm, block.post_attention_layernorm)
         activation = mlp.act_fn
         if not (
-            all(plain_leaf(linear, nn.Linear) for linear in linears)
-            and all(plain_leaf(norm, nn.LayerNorm) for norm in norms)
+            all(plain_leaf(linear, nn.Linear, linear_classes) for linear in linears)
+            and all(plain_leaf(norm, nn.LayerNorm, norm_classes) for norm in norms)
             and isinstance(activation, nn.Module)
             and own_code(type(activation))
             and not any(module.training for module in (block, attention, mlp, activation))

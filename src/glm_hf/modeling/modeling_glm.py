@@ -1033,14 +1033,21 @@ def takes_loop_tensors(argument: str, value: Any) -> bool:
     return bool(value)
 
 
+def global_forward_hooks() -> bool:
+    """Whether a global forward hook or pre-hook is registered (`register_module_forward_hook`): it sees every
+    module's forward."""
+    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether a hook of its own can see the module's forward: a forward hook or pre-hook, or accelerate's
+    (`_hf_hook`: offloading, device alignment)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks) or "_hf_hook" in vars(module)
+
+
 def forward_hooks_present(model: nn.Module) -> bool:
-    """Whether a hook can see the activations of the model's forward: a global forward hook or pre-hook, one on any
-    of its modules, or accelerate's (`_hf_hook`: offloading, device alignment)."""
-    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
-        return True
-    return any(
-        module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook") for module in model.modules()
-    )
+    """Whether a hook can see the activations of the model's forward: a global one, or one on any of its modules."""
+    return global_forward_hooks() or any(map(hooked, model.modules()))
 
 
 def tied_head_keys(config: GLMConfig) -> list[str] | None:
@@ -1558,8 +1565,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             and getattr(self, "hf_quantizer", None) is None
             and calls_as_defined(self, GLMForConditionalGeneration)
             and calls_as_defined(self.glm, GLMModel)
-            and not any(patched_on_instance(module) for module in self.modules())
-            and not forward_hooks_present(self)
+            and not global_forward_hooks()
+            and not any(hooked(module) or patched_on_instance(module) for module in self.modules())  # one walk
             and direct_layers_apply(self.glm)
         )
 
