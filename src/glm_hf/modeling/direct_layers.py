@@ -100,8 +100,8 @@ def patched_on_instance(module: nn.Module) -> bool:
 def plain_leaf(module: Any, cls: type, leaf_classes: dict[type, bool]) -> bool:
     """A `nn.Linear` / `nn.LayerNorm` (`cls`) that calls what `cls` calls (a subclass that overrides none of it), in
     eval mode, without a parametrization (a weight computed at every access; `torch.nn.utils.parametrize` keeps them
-    in the submodule `parametrizations`). `leaf_classes`: the classes found so
-    far in this check, and whether they call what `cls` calls (looked up once per class, not per layer)."""
+    in the submodule `parametrizations`). `leaf_classes`: the classes met so far in this check, and whether they call
+    what `cls` calls (looked up once per class, not per layer)."""
     kind = type(module)
     if kind not in leaf_classes:
         leaf_classes[kind] = issubclass(kind, cls) and calls_of(kind) == calls_of(cls)
@@ -119,10 +119,10 @@ def direct_layers_apply(model: GLMModel) -> bool:
 
     if not (isinstance(model.layers, nn.ModuleList) and own_code(nn.Linear) and own_code(nn.LayerNorm)):
         return False
-    linear_classes: dict[type, bool] = {}
-    norm_classes: dict[type, bool] = {}
     if not all(calls_of(cls) == ORIGINAL_CALLS[cls] for cls in (GLMBlock, GLMAttention, GLMMLP)):
         return False  # a class patched since it was defined
+    linear_classes: dict[type, bool] = {}
+    norm_classes: dict[type, bool] = {}
     for block in model.layers:
         attention, mlp = getattr(block, "attention", None), getattr(block, "mlp", None)
         containers = ((block, GLMBlock), (attention, GLMAttention), (mlp, GLMMLP))
