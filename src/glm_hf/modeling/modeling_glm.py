@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -701,8 +701,9 @@ class GenerationRunFlags:
         # The caller passed code that the loop calls with its tensors (`CALLBACK_ARGUMENTS`): it may keep them, or
         # need autograd.
         self.caller_callbacks = False
-        # A forward hook was set when the run began: its static-cache steps run eagerly, never from a CUDA graph
-        # (a replay runs no Python, so the hook would not see it).
+        # A forward hook was set when the run began (`forward_hooks_present`, looked at once per run): the run stays
+        # out of inference mode and runs the blocks as modules, and its static-cache steps run eagerly, never from a
+        # CUDA graph (a replay runs no Python, so the hook would not see it).
         self.forward_hooks = False
         # The run's forwards call the blocks' weights directly (`direct_layers`): set where that changes nothing.
         self.direct_layers: DirectLayers | None = None
@@ -1033,21 +1034,14 @@ def takes_loop_tensors(argument: str, value: Any) -> bool:
     return bool(value)
 
 
-def global_forward_hooks() -> bool:
-    """Whether a global forward hook or pre-hook is registered (`register_module_forward_hook`): it sees every
-    module's forward."""
-    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
-
-
-def hooked(module: nn.Module) -> bool:
-    """Whether a hook of its own can see the module's forward: a forward hook or pre-hook, or accelerate's
-    (`_hf_hook`: offloading, device alignment)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks) or "_hf_hook" in vars(module)
-
-
 def forward_hooks_present(model: nn.Module) -> bool:
-    """Whether a hook can see the activations of the model's forward: a global one, or one on any of its modules."""
-    return global_forward_hooks() or any(map(hooked, model.modules()))
+    """Whether a hook can see the activations of the model's forward: a global forward hook or pre-hook, one on any
+    of its modules, or accelerate's (`_hf_hook`: offloading, device alignment)."""
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+        return True
+    return any(
+        module._forward_hooks or module._forward_pre_hooks or "_hf_hook" in vars(module) for module in model.modules()
+    )
 
 
 def tied_head_keys(config: GLMConfig) -> list[str] | None:
@@ -1208,6 +1202,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 # on the dynamic cache then runs with none); transformers keeps its all-ones mask for its bookkeeping.
                 flags.padding_free = kwargs.get("attention_mask") is None
                 flags.caller_callbacks = any(takes_loop_tensors(name, kwargs.get(name)) for name in CALLBACK_ARGUMENTS)
+                flags.forward_hooks = forward_hooks_present(self)
                 return super().generate(inputs, **kwargs)
             finally:
                 flags.restore(outer_run)
@@ -1490,15 +1485,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         chosen_by_default = own and generation_config.cache_implementation is None
         compile_step = not chosen_by_default and self._valid_auto_compile_criteria(model_kwargs, generation_config)
         cache_outlives_call = generation_config.return_dict_in_generate or not own
-        flags = self.glm.run_flags
-        flags.fixed_shape_decoding = not cache_outlives_call
-        flags.forward_hooks = forward_hooks_present(self)  # the step then runs eagerly: no graph skips the hooks
+        self.glm.run_flags.fixed_shape_decoding = not cache_outlives_call
         # An eager step (the CPU, a GPU without graph capture): its host work counts. A compiled or captured one has
         # none per layer.
         eager_step = not compile_step and not (self.device.type == "cuda" and graph_capture_supported(self))
-        if eager_step and self._calls_blocks_directly():
-            flags.direct_layers = DirectLayers(self.glm, apply_rotary)  # the rotation GLMAttention calls
-        try:
+        with self._blocks_called_directly(eager_step):
             return decode_on_static_cache(
                 self,
                 input_ids,
@@ -1511,8 +1502,6 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 compile_step=compile_step,
                 cache_outlives_call=cache_outlives_call,
             )
-        finally:
-            flags.direct_layers = None
 
     def _beam_search(
         self,
@@ -1541,15 +1530,21 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         allows it (the tokens are then handed back as a plain tensor: an inference tensor is read-only outside
         inference mode), and with the blocks as `DirectLayers` where `_calls_blocks_directly` allows it."""
         inference = self._decodes_in_inference_mode(generation_config)
+        with self._blocks_called_directly(), torch.inference_mode() if inference else NO_CONTEXT:
+            output = loop(input_ids, generation_config=generation_config, **kwargs)
+        return output.clone() if inference else output
+
+    @contextmanager
+    def _blocks_called_directly(self, eligible: bool = True) -> Iterator[None]:
+        """The run's forwards call the blocks as `DirectLayers` inside this context, where `eligible` (a loop whose
+        step is eager) and `_calls_blocks_directly` allow it; nothing of it stays after the context, also on error."""
         flags = self.glm.run_flags
-        if self._calls_blocks_directly():
+        if eligible and self._calls_blocks_directly():
             flags.direct_layers = DirectLayers(self.glm, apply_rotary)  # the rotation GLMAttention calls
         try:
-            with torch.inference_mode() if inference else NO_CONTEXT:
-                output = loop(input_ids, generation_config=generation_config, **kwargs)
+            yield
         finally:
             flags.direct_layers = None
-        return output.clone() if inference else output
 
     def _calls_blocks_directly(self) -> bool:
         """Whether this run's forwards call the blocks' weights directly (`DirectLayers`: the modules' logits, bit
@@ -1559,14 +1554,15 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         overridden in the model's classes since import (`calls_as_defined`; PEFT's prompt learning sets
         `prepare_inputs_for_generation` on the instance), GLM's own attention function (another is called in every
         layer). No quantizer, and blocks that `direct_layers_apply` accepts."""
+        flags = self.glm.run_flags
         return (
-            not self.glm.run_flags.caller_callbacks
+            not flags.caller_callbacks
+            and not flags.forward_hooks
             and self.config._attn_implementation in GLM_ATTENTION_FUNCTIONS
             and getattr(self, "hf_quantizer", None) is None
             and calls_as_defined(self, GLMForConditionalGeneration)
             and calls_as_defined(self.glm, GLMModel)
-            and not global_forward_hooks()
-            and not any(hooked(module) or patched_on_instance(module) for module in self.modules())  # one walk
+            and not any(map(patched_on_instance, self.modules()))
             and direct_layers_apply(self.glm)
         )
 
@@ -1586,7 +1582,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             and not flags.caller_cache
             and not flags.caller_callbacks
             and getattr(self, "hf_quantizer", None) is None
-            and not forward_hooks_present(self)
+            and not flags.forward_hooks
         )
 
     def _held_positions(self, batch_size: int) -> torch.Tensor | None:
