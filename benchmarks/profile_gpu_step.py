@@ -6,7 +6,9 @@ projection and the attention on their own against the read bandwidth.
 Prints, for the step the default path captures (eager) and the compiled one, the kernels by device time (torch
 profiler, 3 steps run without the graph), then each linear layer of a block and the LM head at batch 1 (GB/s of
 weight read; eight copies of the weight read in turn, so that the 50 MB L2 cache of an H200 does not hold it) as
-`linear` with its bias, `linear` then the bias, and `mv`.
+`linear` with its bias, `linear` then the bias, and `mv`, and unless `--no-compile`, as a compiled product-and-sum
+(one Triton reduction, coordinate-descent tuned) and as `linear` with inductor's autotuned templates: whether a
+kernel other than cuBLAS's reads a batch-1 weight closer to the bandwidth.
 """
 
 from __future__ import annotations
@@ -52,8 +54,17 @@ def kernel_table(step, label: str) -> None:
         print(f"{per_step:9.1f} us {event.count // 3:6d}x  {event.key[:110]}")
 
 
-def linear_variants(n_in: int, n_out: int, bias: bool) -> list[str]:
-    """Microseconds and GB/s of one batch-1 projection, computed three ways."""
+def reduction_projection(row: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """A batch-1 projection written as a product and a sum over the input width: compiled, inductor makes it one
+    Triton reduction kernel (fp32 accumulation) instead of a cuBLAS call, the form that coordinate-descent tuning
+    can fit to each shape."""
+    product = (row.unsqueeze(-2) * weight).sum(-1)
+    return product if offset is None else product + offset
+
+
+def linear_variants(n_in: int, n_out: int, bias: bool, compiled: bool) -> list[str]:
+    """Microseconds and GB/s of one batch-1 projection, computed three ways (five with `compiled`: the product-and-sum
+    form as a tuned Triton reduction, and `linear` with inductor's autotuned matrix-multiply templates)."""
     weights = [torch.randn(n_out, n_in, device="cuda", dtype=torch.float16) * 0.02 for _ in range(8)]
     offset = torch.zeros(n_out, device="cuda", dtype=torch.float16) if bias else None
     row = torch.randn(1, 1, n_in, device="cuda", dtype=torch.float16)
@@ -62,6 +73,11 @@ def linear_variants(n_in: int, n_out: int, bias: bool) -> list[str]:
         "linear, add": lambda w: torch.nn.functional.linear(row, w) + (0 if offset is None else offset),
         "mv, add": lambda w: torch.mv(w, row.view(-1)) + (0 if offset is None else offset),
     }
+    if compiled:
+        tuned = torch.compile(reduction_projection, options={"coordinate_descent_tuning": True})
+        templates = torch.compile(torch.nn.functional.linear, mode="max-autotune-no-cudagraphs")
+        variants["triton sum"] = lambda w: tuned(row, w, offset)
+        variants["autotuned mm"] = lambda w: templates(row, w, offset)
     report = []
     for label, variant in variants.items():
         seconds = graph_seconds(lambda variant=variant: [variant(w) for w in weights], replays=20) / len(weights)
@@ -99,7 +115,8 @@ def main() -> None:
         "dense_4h_to_h": (inter, hidden),
         "lm_head": (hidden, config.vocab_size),
     }.items():
-        print(f"{name:16s} " + "; ".join(linear_variants(n_in, n_out, bias=name != "lm_head")))
+        variants = linear_variants(n_in, n_out, bias=name != "lm_head", compiled=not args.no_compile)
+        print(f"{name:16s} " + "; ".join(variants))
     graph = graph_rate(model)
     print(f"\ncaptured step replays alone: {graph:.1f} steps/s")
 
