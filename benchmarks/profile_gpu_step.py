@@ -102,9 +102,14 @@ def main() -> None:
             model.generate(**inputs, **settings, **options)
             cache = model.kept_static_cache[-1]
             step = model.decode_steps[cache]
-            model.glm.run_flags.begin()  # as in generate()'s run, which checks the positions once up front
-            model.glm.run_flags.positions_prechecked = True
-            kernel_table(step, label)
+            flags = model.glm.run_flags
+            outside = flags.begin()  # the flags of generate()'s run on its kept cache, given back afterwards
+            flags.positions_prechecked = True  # generate() checks the positions once up front
+            flags.fixed_shape_decoding = True  # the kept cache's shapes never change: cuDNN attention, as captured
+            try:
+                kernel_table(step, label)
+            finally:
+                flags.restore(outside)
 
     hidden, inter = config.hidden_size, config.intermediate_size
     print("\n== linear layers at batch 1: 8 copies of each weight in turn (beyond the L2 cache), CUDA graph")

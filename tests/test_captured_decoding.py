@@ -6,6 +6,7 @@ On the CPU the step runs eagerly; `tests/test_cuda.py` checks the captured CUDA 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from typing import Any
@@ -291,6 +292,21 @@ def test_runs_that_need_transformers_loop_take_it(loop_calls) -> None:
     assert loop_calls == []
 
 
+def test_the_kept_cache_stays_writable_after_a_run_in_transformers_loop(loop_calls) -> None:
+    """A run on the kept static cache that takes transformers' loop (per-step attentions) fills it outside
+    inference mode, so that the next run can empty it and decode on it."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    expected = model.generate(**inputs, **GREEDY).tolist()
+    assert (
+        model.generate(**inputs, cache_implementation="static", output_attentions=True, **GREEDY).tolist() == expected
+    )
+    cache = model.kept_static_cache[-1]
+    assert loop_calls == [] and not cache.layers[0].keys.is_inference()
+    assert model.generate(**inputs, cache_implementation="static", **GREEDY).tolist() == expected
+    assert model.kept_static_cache[-1] is cache and len(loop_calls) == 1
+
+
 def test_a_step_reads_nothing_back_to_the_host() -> None:
     """What a CUDA graph needs: the step's forward reads no value on the host (see test_fast_decoding)."""
     model = tiny_model()
@@ -397,6 +413,76 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch,
     assert "could not be captured as a CUDA graph (operation not permitted" in caplog.text
 
 
+class RecordedGraph:
+    """A CUDA graph on the CPU: its capture ran the step (`torch.cuda.graph` patched to run it); a replay counts."""
+
+    def __init__(self) -> None:
+        self.replays = 0
+
+    def replay(self) -> None:
+        self.replays += 1
+
+
+def captured_step(model: Any, monkeypatch: pytest.MonkeyPatch, **run: Any) -> captured_decoding.CapturedDecodeStep:
+    """The step of `model.generate(**run)` (a run on the kept static cache; `model` may be a PEFT model) as a CUDA
+    run leaves it: captured as a graph."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model.generate(**run)
+    step = base.decode_steps[base.kept_static_cache[-1]]
+    step.capture, step.warmup_left = True, 0  # what a CUDA step is after its warm-up
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", RecordedGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    model.generate(**run)
+    assert isinstance(step.graph, RecordedGraph) and step.graph.replays > 1
+    return step
+
+
+def serves(step: captured_decoding.CapturedDecodeStep, model: Any) -> bool:
+    """Whether a later run like the one that captured `step` would replay it."""
+    kinds = (step.tokens.shape[0], step.block_positions is not None, step.attention_mask is not None, step.forward)
+    return step.fits(*kinds, model)
+
+
+def test_a_captured_step_is_not_replayed_once_a_module_is_set_otherwise(monkeypatch) -> None:
+    """A replayed graph runs no Python: a block put in training mode, a forward set on a module, a class's forward
+    patched, another attention implementation each get a new step; set back, the graph serves again."""
+    model = tiny_model()
+    step = captured_step(
+        model, monkeypatch, **blank_inputs(batch_size=1, part_b=1), cache_implementation="static", **GREEDY
+    )
+    assert serves(step, model)
+    block = model.glm.layers[1]
+    block.train()
+    assert not serves(step, model)
+    block.eval()
+    assert serves(step, model)
+    block.mlp.forward = functools.partial(type(block.mlp).forward, block.mlp)
+    assert not serves(step, model)
+    del block.mlp.forward
+    assert serves(step, model)
+    with monkeypatch.context() as patch:
+        patch.setattr(type(block.mlp), "forward", lambda self, hidden: hidden)
+        assert not serves(step, model)
+    assert serves(step, model)
+    model.config._attn_implementation = "eager"
+    assert not serves(step, model)
+    model.config._attn_implementation = "sdpa"
+    assert serves(step, model)
+
+
+def test_a_run_after_a_change_builds_a_new_step_and_replays_no_graph(monkeypatch) -> None:
+    """The run after such a change decodes on a step of its own (eager on the CPU), with the tokens of the model as
+    it is now; the captured graph is not replayed."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    step = captured_step(model, monkeypatch, **inputs, cache_implementation="static", **GREEDY)
+    replays = step.graph.replays
+    model.config._attn_implementation = "eager"
+    tokens = model.generate(**inputs, cache_implementation="static", **GREEDY)
+    assert model.decode_steps[model.kept_static_cache[-1]] is not step and step.graph.replays == replays
+    assert tokens.tolist() == model.generate(**inputs, **GREEDY).tolist()
+
+
 class NoReplay:
     """A captured graph that must not be replayed."""
 
@@ -436,3 +522,17 @@ def test_a_forward_hook_keeps_the_cuda_default_off_the_captured_step(monkeypatch
     assert not model._keeps_static_cache(model.generation_config, greedy)
     handle.remove()
     assert model._keeps_static_cache(model.generation_config, greedy)
+
+
+@pytest.mark.parametrize("output", ["output_attentions", "output_hidden_states"])
+def test_per_step_outputs_keep_the_cuda_default_on_the_dynamic_cache(monkeypatch, output: str) -> None:
+    """Per-step attentions or hidden states need transformers' loop, which would compile its forward on a static
+    cache: the CUDA default then runs on the dynamic cache, as without a GPU."""
+    model = tiny_model()
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
+    config = copy.deepcopy(model.generation_config)
+    setattr(config, output, True)
+    assert not model._keeps_static_cache(config, greedy)
+    config.cache_implementation = "static"  # asked for: transformers' loop on it, as transformers runs it
+    assert model._keeps_static_cache(config, greedy)

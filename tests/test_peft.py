@@ -181,6 +181,32 @@ def test_lora_generation_decodes_on_the_kept_static_cache_as_the_bare_model_does
     assert first.tolist() == second.tolist()
 
 
+def test_a_captured_lora_step_is_not_replayed_with_the_adapters_switched_off_merged_or_rescaled(monkeypatch) -> None:
+    """A CUDA graph holds the LoRA branch as it was when captured: with the adapters switched off, merged into the
+    weights (in place: the pointers stay) or scaled, a run gets a new step, whose tokens are those of the model as
+    it is then; with the adapters back as they were, the graph serves again."""
+    from test_captured_decoding import captured_step, serves
+
+    model = get_peft_model(tiny_model(), LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False)).eval()
+    base = model.get_base_model()
+    batch = padded_blank_batch()
+    settings = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "cache_implementation": "static"}
+    step = captured_step(model, monkeypatch, **batch, **settings)
+    with model.disable_adapter():
+        assert not serves(step, base)
+        tokens = model.generate(**batch, **settings)
+        assert base.decode_steps[base.kept_static_cache[-1]] is not step
+        assert tokens.tolist() == tiny_model().generate(**batch, **settings).tolist()
+    assert serves(step, base)
+    model.base_model.merge_adapter()
+    assert not serves(step, base)
+    model.base_model.unmerge_adapter()
+    assert serves(step, base)
+    for layer in (module for module in base.modules() if isinstance(module, LoraLayer)):
+        layer.scale_layer(2.0)
+    assert not serves(step, base)
+
+
 def test_lora_training_save_reload_and_merge_give_the_same_logits(tmp_path) -> None:
     batch = padded_blank_batch()
     labels = batch["input_ids"].clone()

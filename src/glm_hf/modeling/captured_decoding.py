@@ -8,7 +8,9 @@ at every step (its stop check reads a device flag). Here, on a static cache:
   counter on the device, the positions of every column and the padding mask (both set before the first step), the
   prefix length; the cache advances its own counters. On CUDA it is captured once as a CUDA graph and replayed: one
   launch per token. The graph and its buffers stay with the cache, so a later `generate()` on the same cache (the
-  one `generate()` keeps for its own static runs, or a caller's) replays it without recording again;
+  one `generate()` keeps for its own static runs, or a caller's) replays it without recording again, unless the
+  weights moved or a module is set otherwise (`module_settings`: adapters switched off or merged, training mode,
+  another forward or attention implementation), which a replay, running no Python, would not see;
 - where transformers would compile the step (`cache_implementation="static"`), it is compiled first, without
   torch.compile's own CUDA graphs (the graph here holds the whole step);
 - on CUDA the stop check reads the previous step's flag, so the host queues a step while the device still runs the
@@ -29,6 +31,7 @@ host there). Token selection, logits processors, stopping criteria and streamers
 
 from __future__ import annotations
 
+import types
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +128,7 @@ class CapturedDecodeStep:
         self.prefix_length = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.settings_at_capture: tuple[Any, ...] | None = None  # the model's `module_settings` when captured
         self.capture = device.type == "cuda" and graph_capture_supported(model)
         self.warmup_left = COMPILED_WARMUP_STEPS if forward is not last_column_logits else WARMUP_STEPS
         self.parameter_pointers = parameter_pointers(model)
@@ -134,7 +138,9 @@ class CapturedDecodeStep:
         self, batch_size: int, has_blocks: bool, has_mask: bool, forward: Any, model: GLMForConditionalGeneration
     ) -> bool:
         """Whether this step (and its graph) serves a run with these inputs on its cache: the same batch and kinds of
-        inputs, and the model's weights where they were when it was captured."""
+        inputs, the model's weights where they were when it was built, and a captured graph's modules set as they
+        were when it was captured (a replay runs no Python: adapters switched off or merged, a module put in
+        training mode or given another forward would go unseen)."""
         return (
             batch_size == self.tokens.shape[0]
             and has_blocks == (self.block_positions is not None)
@@ -142,6 +148,7 @@ class CapturedDecodeStep:
             and forward is self.forward
             and torch.is_inference_mode_enabled() == self.inference_mode
             and parameter_pointers(model) == self.parameter_pointers
+            and (self.graph is None or module_settings(model) == self.settings_at_capture)
         )
 
     def begin(
@@ -212,6 +219,7 @@ class CapturedDecodeStep:
     def _capture(self) -> None:
         """Record the step as a CUDA graph (recording runs nothing), then replay it for this step."""
         graph = torch.cuda.CUDAGraph()
+        self.settings_at_capture = module_settings(self.model)
         try:
             with torch.cuda.graph(graph):
                 self._run()
@@ -237,6 +245,59 @@ def graph_capture_supported(model: nn.Module) -> bool:
 def parameter_pointers(model: nn.Module) -> tuple[int, ...]:
     """Where the model's weights live: a graph captured over them is stale once any moved or was replaced."""
     return tuple(tensor.data_ptr() for tensor in (*model.parameters(), *model.buffers()))
+
+
+# Not settings of a step: what `nn.Module.__init__` sets on every module (its parameters, buffers, children and
+# hooks: the weights are compared by pointer, hooks keep a run off the graph; `training` is a setting) and the
+# model's own record of its runs (the kept cache, the steps, the compiled step, the lock).
+NOT_SETTINGS = (frozenset(vars(nn.Module())) - {"training"}) | {
+    "kept_static_cache",
+    "decode_steps",
+    "_compiled_decode_step",
+    "generation_lock",
+}
+PLAIN_TUPLE = (bool, int, float, complex, str, bytes, type(None))
+PLAIN_TYPES = frozenset(PLAIN_TUPLE)
+
+
+def module_settings(model: nn.Module) -> tuple[Any, ...]:
+    """What a CUDA graph of the model's step holds besides the memory it reads, as a comparable value: the attention
+    implementation and the functions looked up per call (attention, rotary), then each module (its identity and
+    class, the class's `forward`) with its settings, the plain values on it (train / eval mode, PEFT's active,
+    disabled and merged adapters and their scales, ...) and any function set on it. Other objects on a module
+    (the config, caches, locks) are left out: they are not settings of the step."""
+    from .modeling_glm import apply_rotary, resolve_attention_interface
+
+    implementation = getattr(model.config, "_attn_implementation", None)
+    settings: list[Any] = [implementation, id(resolve_attention_interface(implementation)), id(apply_rotary)]
+    for module in model.modules():
+        fields = [
+            (name, value if type(value) in PLAIN_TYPES else setting_value(value))
+            for name, value in vars(module).items()
+            if name not in NOT_SETTINGS
+        ]
+        settings.append((id(module), type(module), id(getattr(type(module), "forward", None)), tuple(fields)))
+    return tuple(settings)
+
+
+def setting_value(value: Any, depth: int = 0) -> Any:
+    """A module attribute's value as a setting: plain values as they are, containers of them (two levels deep)
+    item by item, bound methods by function and instance, other callables (functions, partials) by identity; None
+    for any other object. Types are read with `type()`: `isinstance` would go through a config's own attribute
+    look-up."""
+    kind = type(value)
+    if issubclass(kind, PLAIN_TUPLE):
+        return value
+    if issubclass(kind, (set, frozenset)) and depth < 2:
+        return (kind, frozenset(setting_value(item, depth + 1) for item in value))
+    if issubclass(kind, (list, tuple, dict)) and depth < 2:
+        items = value.items() if issubclass(kind, dict) else value
+        return (kind, tuple(setting_value(item, depth + 1) for item in items))
+    if kind is types.MethodType:
+        return ("method", id(value.__func__), id(value.__self__))
+    if callable(value) and not issubclass(kind, (type, nn.Module)):
+        return ("callable", id(value))
+    return None
 
 
 class StopFlag:

@@ -1422,10 +1422,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         """Whether generate() runs on a static cache that it keeps for the next run (with its captured decode step):
         greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
         not compiled) unless a forward hook is set (a replayed graph runs no Python: the hook would see only the
-        steps before the capture), anywhere with `cache_implementation="static"` (compiled where transformers
-        compiles)."""
+        steps before the capture) or per-step attentions or hidden states are asked for (transformers' loop runs
+        then: on a static cache it would compile its forward), anywhere with `cache_implementation="static"`
+        (compiled where transformers compiles)."""
         if generation_config.cache_implementation is None:
             if self.device.type != "cuda" or not graph_capture_supported(self) or forward_hooks_present(self):
+                return False
+            if generation_config.output_attentions or generation_config.output_hidden_states:
                 return False
         elif generation_config.cache_implementation != "static":
             return False
@@ -1574,12 +1577,14 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         states, the cache), a caller's cache, or a forward hook (global, on any module, or accelerate's), which may
         keep activations; nor with a caller's logits processor, stopping criterion, streamer or allowed-tokens
         function (`takes_loop_tensors`), which may keep what the loop hands it, or need autograd; nor for a
-        quantized model, whose layers may keep state made in their forward."""
+        quantized model, whose layers may keep state made in their forward; nor on the static cache generate()
+        keeps for later runs (its tensors, made in the run's first forward, must stay writable outside)."""
         flags = self.glm.run_flags
         return (
             not torch.is_inference_mode_enabled()
             and not generation_config.return_dict_in_generate
             and not flags.caller_cache
+            and not flags.own_static_cache
             and not flags.caller_callbacks
             and getattr(self, "hf_quantizer", None) is None
             and not flags.forward_hooks
