@@ -470,6 +470,20 @@ def test_a_captured_step_is_not_replayed_once_a_module_is_set_otherwise(monkeypa
     assert serves(step, model)
 
 
+def test_runs_of_other_kinds_in_between_leave_a_captured_step_serving(monkeypatch) -> None:
+    """What other runs record on the model (transformers' largest static cache, its compiled forward) is not a
+    setting of the step: beams, per-step outputs, sampling and a returned cache in between leave the graph serving
+    (a new capture per run would cost more than the run)."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    step = captured_step(model, monkeypatch, **inputs, cache_implementation="static", **GREEDY)
+    model.generate(**inputs, cache_implementation="static", num_beams=2, **GREEDY)
+    model.generate(**inputs, cache_implementation="static", output_hidden_states=True, **GREEDY)
+    model.generate(**inputs, do_sample=True, max_new_tokens=4)
+    model.generate(**inputs, cache_implementation="static", return_dict_in_generate=True, output_scores=True, **GREEDY)
+    assert serves(step, model)
+
+
 def test_a_run_after_a_change_builds_a_new_step_and_replays_no_graph(monkeypatch) -> None:
     """The run after such a change decodes on a step of its own (eager on the CPU), with the tokens of the model as
     it is now; the captured graph is not replayed."""

@@ -249,12 +249,15 @@ def parameter_pointers(model: nn.Module) -> tuple[int, ...]:
 
 # Not settings of a step: what `nn.Module.__init__` sets on every module (its parameters, buffers, children and
 # hooks: the weights are compared by pointer, hooks keep a run off the graph; `training` is a setting) and the
-# model's own record of its runs (the kept cache, the steps, the compiled step, the lock).
+# records of earlier runs, GLM's (the kept cache, the steps, the compiled step, the lock) and transformers' (the
+# largest static cache it made, its compiled forward).
 NOT_SETTINGS = (frozenset(vars(nn.Module())) - {"training"}) | {
     "kept_static_cache",
     "decode_steps",
     "_compiled_decode_step",
     "generation_lock",
+    "_previous_max_cache_length",
+    "_compiled_call",
 }
 PLAIN_TUPLE = (bool, int, float, complex, str, bytes, type(None))
 PLAIN_TYPES = frozenset(PLAIN_TUPLE)
