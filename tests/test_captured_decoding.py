@@ -423,15 +423,21 @@ class RecordedGraph:
         self.replays += 1
 
 
-def captured_step(model: Any, monkeypatch: pytest.MonkeyPatch, **run: Any) -> captured_decoding.CapturedDecodeStep:
-    """The step of `model.generate(**run)` (a run on the kept static cache; `model` may be a PEFT model) as a CUDA
-    run leaves it: captured as a graph."""
+def captured_step(
+    model: Any, monkeypatch: pytest.MonkeyPatch, cache: StaticCache | None = None, **run: Any
+) -> captured_decoding.CapturedDecodeStep:
+    """The step of `model.generate(**run)` (a run on the kept static cache, or on `cache`, emptied before each run;
+    `model` may be a PEFT model) as a CUDA run leaves it: captured as a graph."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if cache is not None:
+        run[GENERATE_CACHE_KWARG] = cache
     model.generate(**run)
-    step = base.decode_steps[base.kept_static_cache[-1]]
+    step = base.decode_steps[cache if cache is not None else base.kept_static_cache[-1]]
     step.capture, step.warmup_left = True, 0  # what a CUDA step is after its warm-up
     monkeypatch.setattr(torch.cuda, "CUDAGraph", RecordedGraph)
     monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    if cache is not None:
+        cache.reset()
     model.generate(**run)
     assert isinstance(step.graph, RecordedGraph) and step.graph.replays > 1
     return step
@@ -468,6 +474,39 @@ def test_a_captured_step_is_not_replayed_once_a_module_is_set_otherwise(monkeypa
     assert not serves(step, model)
     model.config._attn_implementation = "sdpa"
     assert serves(step, model)
+
+
+def test_a_captured_step_is_not_replayed_over_cache_tensors_replaced_by_a_beam_search(monkeypatch) -> None:
+    """A graph writes and reads the cache tensors it was captured over: after a beam search on the caller's cache
+    (which reorders its keys and values into new tensors), the next run gets a new step, with the tokens of a run
+    on a fresh cache; emptying the cache in place (`reset()`) keeps the graph serving."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    cache = StaticCache(config=model.config, max_cache_len=40)
+    step = captured_step(model, monkeypatch, cache=cache, **inputs, **GREEDY)
+    cache.reset()
+    assert serves(step, model)
+    one_row = blank_inputs(batch_size=1, part_b=1)  # two beams: the cache's two rows
+    model.generate(**one_row, num_beams=2, **GREEDY, **{GENERATE_CACHE_KWARG: cache})
+    assert not serves(step, model)
+    cache.reset()
+    replays = step.graph.replays
+    tokens = model.generate(**inputs, **GREEDY, **{GENERATE_CACHE_KWARG: cache})
+    assert model.decode_steps[cache] is not step and step.graph.replays == replays
+    fresh = StaticCache(config=model.config, max_cache_len=40)
+    assert tokens.tolist() == model.generate(**inputs, **GREEDY, **{GENERATE_CACHE_KWARG: fresh}).tolist()
+
+
+def test_an_offloading_static_cache_takes_transformers_loop() -> None:
+    """An offloading static cache moves each layer off the device and back in every forward (new tensors each
+    time): no fixed buffers for a graph, so its runs take transformers' loop (it offloads through CUDA streams:
+    the choice is checked here, not a run)."""
+    model = tiny_model()
+    kwargs = {"position_ids": torch.zeros(1, 3, dtype=torch.long)}
+    config = model.generation_config
+    for offloading, expected in ((False, True), (True, False)):
+        cache = StaticCache(config=model.config, max_cache_len=40, offloading=offloading)
+        assert captured_decoding.static_cache_loop_applies(model, cache, config, kwargs, False) is expected
 
 
 def test_runs_of_other_kinds_in_between_leave_a_captured_step_serving(monkeypatch) -> None:

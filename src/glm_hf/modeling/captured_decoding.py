@@ -9,8 +9,9 @@ at every step (its stop check reads a device flag). Here, on a static cache:
   prefix length; the cache advances its own counters. On CUDA it is captured once as a CUDA graph and replayed: one
   launch per token. The graph and its buffers stay with the cache, so a later `generate()` on the same cache (the
   one `generate()` keeps for its own static runs, or a caller's) replays it without recording again, unless the
-  weights moved or a module is set otherwise (`module_settings`: adapters switched off or merged, training mode,
-  another forward or attention implementation), which a replay, running no Python, would not see;
+  weights moved, the cache's tensors were replaced (`cache_pointers`: a beam search on it reorders them into new
+  ones) or a module is set otherwise (`module_settings`: adapters switched off or merged, training mode, another
+  forward or attention implementation), which a replay, running no Python, would not see;
 - where transformers would compile the step (`cache_implementation="static"`), it is compiled first, without
   torch.compile's own CUDA graphs (the graph here holds the whole step);
 - on CUDA the stop check reads the previous step's flag, so the host queues a step while the device still runs the
@@ -62,11 +63,14 @@ def static_cache_loop_applies(
     model_kwargs: dict[str, Any],
     synced_gpus: bool,
 ) -> bool:
-    """Whether this greedy / sampling run takes the loop here: a static cache, and nothing that needs transformers'
-    loop (per-step attentions or hidden states, synced GPUs, an assistant's run, PEFT's own per-step inputs)."""
+    """Whether this greedy / sampling run takes the loop here: a static cache that stays where it is (an offloading
+    one moves every layer off the device and back in each forward: no fixed buffers for a graph), and nothing that
+    needs transformers' loop (per-step attentions or hidden states, synced GPUs, an assistant's run, PEFT's own
+    per-step inputs)."""
     return (
         cache is not None
         and cache.is_compileable
+        and not getattr(cache, "offloading", False)
         and model_kwargs.get("position_ids") is not None
         and not synced_gpus
         and not generation_config.output_attentions
@@ -128,7 +132,9 @@ class CapturedDecodeStep:
         self.prefix_length = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.settings_at_capture: tuple[Any, ...] | None = None  # the model's `module_settings` when captured
+        # When captured: the model's `module_settings`, the cache's `cache_pointers`.
+        self.settings_at_capture: tuple[Any, ...] | None = None
+        self.cache_pointers_at_capture: tuple[int, ...] | None = None
         self.capture = device.type == "cuda" and graph_capture_supported(model)
         self.warmup_left = COMPILED_WARMUP_STEPS if forward is not last_column_logits else WARMUP_STEPS
         self.parameter_pointers = parameter_pointers(model)
@@ -138,9 +144,10 @@ class CapturedDecodeStep:
         self, batch_size: int, has_blocks: bool, has_mask: bool, forward: Any, model: GLMForConditionalGeneration
     ) -> bool:
         """Whether this step (and its graph) serves a run with these inputs on its cache: the same batch and kinds of
-        inputs, the model's weights where they were when it was built, and a captured graph's modules set as they
-        were when it was captured (a replay runs no Python: adapters switched off or merged, a module put in
-        training mode or given another forward would go unseen)."""
+        inputs, the model's weights where they were when it was built, and for a captured graph, the cache's
+        tensors where they were and the modules set as they were when it was captured (a replay runs no Python:
+        adapters switched off or merged, a module put in training mode or given another forward would go unseen,
+        and it would write keys into tensors the cache no longer holds, as after a beam search reordered it)."""
         return (
             batch_size == self.tokens.shape[0]
             and has_blocks == (self.block_positions is not None)
@@ -148,7 +155,16 @@ class CapturedDecodeStep:
             and forward is self.forward
             and torch.is_inference_mode_enabled() == self.inference_mode
             and parameter_pointers(model) == self.parameter_pointers
-            and (self.graph is None or module_settings(model) == self.settings_at_capture)
+            and (self.graph is None or self.still_as_captured(model))
+        )
+
+    def still_as_captured(self, model: GLMForConditionalGeneration) -> bool:
+        """Whether the cache's tensors and the model's module settings are those the graph was captured over."""
+        cache = self.cache()
+        return (
+            cache is not None
+            and cache_pointers(cache) == self.cache_pointers_at_capture
+            and module_settings(model) == self.settings_at_capture
         )
 
     def begin(
@@ -220,6 +236,7 @@ class CapturedDecodeStep:
         """Record the step as a CUDA graph (recording runs nothing), then replay it for this step."""
         graph = torch.cuda.CUDAGraph()
         self.settings_at_capture = module_settings(self.model)
+        self.cache_pointers_at_capture = cache_pointers(self.cache())
         try:
             with torch.cuda.graph(graph):
                 self._run()
@@ -245,6 +262,14 @@ def graph_capture_supported(model: nn.Module) -> bool:
 def parameter_pointers(model: nn.Module) -> tuple[int, ...]:
     """Where the model's weights live: a graph captured over them is stale once any moved or was replaced."""
     return tuple(tensor.data_ptr() for tensor in (*model.parameters(), *model.buffers()))
+
+
+def cache_pointers(cache: Cache) -> tuple[int, ...]:
+    """Where the cache's tensors live (keys, values, counters of each layer): a graph captured over them writes and
+    reads those addresses, stale once a layer's tensors are replaced (beam search reorders them into new ones)."""
+    return tuple(
+        value.data_ptr() for layer in cache.layers for value in vars(layer).values() if isinstance(value, torch.Tensor)
+    )
 
 
 # Not settings of a step: what `nn.Module.__init__` sets on every module (its parameters, buffers, children and
