@@ -509,6 +509,40 @@ def test_an_offloading_static_cache_takes_transformers_loop() -> None:
         assert captured_decoding.static_cache_loop_applies(model, cache, config, kwargs, False) is expected
 
 
+def test_a_run_under_autocast_neither_replays_nor_captures_its_step(monkeypatch) -> None:
+    """Under autocast a graph would hold the weights' casts (freed when autocast's context ends), and one captured
+    without it would not cast: such a run's steps run eagerly, with the tokens of transformers' loop under it, on
+    a kept cache of autocast's dtype (the float32 one of the run before would refuse its keys)."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    options = {"cache_implementation": "static", **GREEDY}
+    step = captured_step(model, monkeypatch, **inputs, **options)
+    replays = step.graph.replays
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, **options)).tolist()
+        assert model.generate(**inputs, **options).tolist() == expected
+        assert step.graph.replays == replays
+        assert model.kept_static_cache[4] == torch.bfloat16
+        assert model.kept_static_cache[-1].layers[0].keys.dtype == torch.bfloat16
+        step.graph, step.warmup_left = None, 0  # due for its capture
+
+        def no_capture(graph: object) -> Any:
+            raise AssertionError("a run under autocast captured its step")
+
+        monkeypatch.setattr(torch.cuda, "graph", no_capture)
+        assert model.generate(**inputs, **options).tolist() == expected
+
+
+def test_autocast_keeps_the_cuda_default_off_the_captured_step(monkeypatch) -> None:
+    """On CUDA the default run under autocast takes transformers' loop on the dynamic cache."""
+    model = tiny_model()
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
+    assert model._keeps_static_cache(model.generation_config, greedy)
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
+    assert not model._keeps_static_cache(model.generation_config, greedy)
+
+
 def test_runs_of_other_kinds_in_between_leave_a_captured_step_serving(monkeypatch) -> None:
     """What other runs record on the model (transformers' largest static cache, its compiled forward) is not a
     setting of the step: beams, per-step outputs, sampling and a returned cache in between leave the graph serving

@@ -24,6 +24,8 @@ at every step (its stop check reads a device flag). Here, on a static cache:
 A step that cannot be captured (a host read somewhere in the forward) runs eagerly, with a warning naming the error.
 A run with a forward hook set on the model runs its steps eagerly too, every one: a replayed graph runs no Python,
 so the hook would see only the steps before the capture (by default such a run takes transformers' loop instead).
+So does a run under `torch.autocast`: a graph captured there would hold the weights' casts, which autocast frees
+when its context ends, and one captured without it would not cast.
 
 On the CPU the same loop runs the step eagerly and checks the stop flag at every step (nothing runs ahead of the
 host there). Token selection, logits processors, stopping criteria and streamers are transformers' own, called as
@@ -194,7 +196,9 @@ class CapturedDecodeStep:
         step overwrites)."""
         self.tokens.copy_(tokens.view(-1, 1))
         flags = self.model.glm.run_flags
-        replays = self.capture and not flags.forward_hooks  # a replay runs no Python: no hook would see the step
+        # A replay runs no Python: no hook would see the step. Under autocast a capture would hold the weights'
+        # casts, which autocast frees when its context ends (and a graph captured without it would ignore it).
+        replays = self.capture and not flags.forward_hooks and not torch.is_autocast_enabled(self.tokens.device.type)
         if self.graph is not None and replays:
             self.graph.replay()
         elif not replays or not flags.positions_prechecked or self.model.training:

@@ -1422,11 +1422,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         """Whether generate() runs on a static cache that it keeps for the next run (with its captured decode step):
         greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
         not compiled) unless a forward hook is set (a replayed graph runs no Python: the hook would see only the
-        steps before the capture) or per-step attentions or hidden states are asked for (transformers' loop runs
-        then: on a static cache it would compile its forward), anywhere with `cache_implementation="static"`
-        (compiled where transformers compiles)."""
+        steps before the capture), autocast is on (a graph would hold casts that autocast frees) or per-step
+        attentions or hidden states are asked for (transformers' loop runs then: on a static cache it would compile
+        its forward), anywhere with `cache_implementation="static"` (compiled where transformers compiles)."""
         if generation_config.cache_implementation is None:
             if self.device.type != "cuda" or not graph_capture_supported(self) or forward_hooks_present(self):
+                return False
+            if torch.is_autocast_enabled("cuda"):
                 return False
             if generation_config.output_attentions or generation_config.output_hidden_states:
                 return False
@@ -1441,12 +1443,15 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         )
 
     def _kept_static_cache(self, batch_size: int, max_cache_length: int) -> StaticCache:
-        """The kept static cache, emptied, when it fits this run (batch, dtype, device, at least `max_cache_length`
-        columns); else a new one, kept in its place. A run nested in another (`GenerationRunFlags.nested`) gets a
-        cache of its own: the outer run is still decoding on the kept one."""
+        """The kept static cache, emptied, when it fits this run (batch, dtype, device, inference mode, autocast's
+        dtype: the keys' dtype there, at least `max_cache_length` columns); else a new one, kept in its place. A run
+        nested in another (`GenerationRunFlags.nested`) gets a cache of its own: the outer run is still decoding on
+        the kept one."""
         if self.glm.run_flags.nested:
             return StaticCache(config=self.config, max_cache_len=max_cache_length)
-        key = (batch_size, self.dtype, self.device, torch.is_inference_mode_enabled())
+        device_type = self.device.type
+        autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        key = (batch_size, self.dtype, self.device, torch.is_inference_mode_enabled(), autocast)
         if self.kept_static_cache is not None:
             *kept_key, cache = self.kept_static_cache
             if tuple(kept_key) == key and cache.get_max_length() >= max_cache_length:
