@@ -163,3 +163,34 @@ def test_a_forward_hook_sees_every_step_of_the_default_run():
     static = model.generate(**inputs, cache_implementation="static", **GREEDY)
     assert len(calls) == GREEDY["max_new_tokens"] and static.tolist() == tokens.tolist()
     handle.remove()
+
+
+def test_generate_under_autocast_after_a_captured_run_gives_transformers_loop_tokens(monkeypatch):
+    """A float32 model under autocast after a run that captured its step (before: the kept float32 cache refused
+    the half-precision keys): the default run takes transformers' loop on the dynamic cache, replaying and
+    capturing nothing; the plain run after it replays its graph on the kept cache again."""
+    counts = capture_count(monkeypatch)
+    model = tiny_model().cuda()
+    inputs = prompt_of(9)
+    plain = model.generate(**inputs, **GREEDY)
+    kept = model.kept_static_cache[-1]
+    with torch.autocast("cuda", dtype=torch.float16):
+        expected = model.generate(**inputs, cache_implementation="dynamic", **GREEDY)
+        assert model.generate(**inputs, **GREEDY).tolist() == expected.tolist()
+    assert model.generate(**inputs, **GREEDY).tolist() == plain.tolist()
+    assert counts == [1] and model.kept_static_cache[-1] is kept
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_model_on_another_device_than_the_current_one_decodes_as_on_the_cpu():
+    """The capture stream, the stop flag's events and the replays are those of the model's device, not of the
+    current one."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    on_cpu = model.generate(**inputs, **GREEDY)
+    model.to("cuda:1")
+    on_second = {k: v.to("cuda:1") for k, v in inputs.items()}
+    with torch.cuda.device(0):
+        for _ in range(2):  # captured, then replayed
+            assert model.generate(**on_second, **GREEDY).cpu().tolist() == on_cpu.tolist()
+    assert model.decode_steps[model.kept_static_cache[-1]].graph is not None

@@ -1497,7 +1497,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         # An eager step (the CPU, a GPU without graph capture): its host work counts. A compiled or captured one has
         # none per layer.
         eager_step = not compile_step and not (self.device.type == "cuda" and graph_capture_supported(self))
-        with self._blocks_called_directly(eager_step):
+        # The graph's capture stream, the stop flag's events and the replays belong to the current CUDA device: make
+        # it the model's (a model on cuda:1 while cuda:0 is current would be captured on another device's stream).
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else NO_CONTEXT
+        with self._blocks_called_directly(eager_step), on_device:
             return decode_on_static_cache(
                 self,
                 input_ids,
