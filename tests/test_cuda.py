@@ -194,3 +194,14 @@ def test_a_model_on_another_device_than_the_current_one_decodes_as_on_the_cpu():
         for _ in range(2):  # captured, then replayed
             assert model.generate(**on_second, **GREEDY).cpu().tolist() == on_cpu.tolist()
     assert model.decode_steps[model.kept_static_cache[-1]].graph is not None
+
+
+def test_cli_infill_fills_on_the_gpu_as_on_the_cpu(capsys):
+    """`glm-hf infill` runs on the GPU by default where one is available: in float32, the CPU's spans."""
+    from glm_hf.cli import main
+
+    text = "the king [MASK] the river and [MASK] ."
+    main(["infill", text, "--max-new-tokens", "4", "--device", "cpu"])
+    on_cpu = capsys.readouterr().out
+    main(["infill", text, "--max-new-tokens", "4", "--dtype", "float32"])
+    assert capsys.readouterr().out == on_cpu

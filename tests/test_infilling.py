@@ -221,11 +221,41 @@ def test_pipeline_batches_texts(model, tokenizer):
         (["--num-beams", "0"], "at least 1"),
         (["--top-p", "2"], r"--top-p must be in \(0, 1\]"),
         (["--temperature", "0"], "--temperature must be positive"),
+        (["--device", "tpu"], r"--device tpu: give cpu, cuda, cuda:N or auto"),
+        (["--device", "gpu please"], r"--device gpu please: give cpu, cuda, cuda:N or auto"),
+        (["--device", "cuda:99"], r"--device cuda:99: this machine has (no CUDA device|\d+ CUDA device)"),
     ],
 )
 def test_cli_infill_refuses_bad_options_before_loading_a_model(arguments, message):
     with pytest.raises(SystemExit, match=message):
         main(["infill", TEXTS[1], *arguments])
+
+
+def models_filled_with(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.device, torch.dtype]]:
+    """The device and dtype of the model each `fill_blanks` call of `glm-hf infill` is given."""
+    from glm_hf import infill_cli
+
+    seen: list[tuple[torch.device, torch.dtype]] = []
+
+    def recording(model, *args, **kwargs):
+        seen.append((model.device, model.dtype))
+        return fill_blanks(model, *args, **kwargs)
+
+    monkeypatch.setattr(infill_cli, "fill_blanks", recording)
+    return seen
+
+
+def test_cli_infill_runs_on_the_device_and_dtype_asked_for(monkeypatch, capsys):
+    """By default the GPU where one is available (in the checkpoint's dtype), else the CPU in float32; `--device`
+    and `--dtype` choose."""
+    seen = models_filled_with(monkeypatch)
+    main(["infill", TEXTS[1], "--max-new-tokens", "2"])
+    default = (
+        (torch.device("cuda", 0), torch.float16) if torch.cuda.is_available() else (torch.device("cpu"), torch.float32)
+    )
+    main(["infill", TEXTS[1], "--max-new-tokens", "2", "--device", "cpu", "--dtype", "bfloat16"])
+    assert seen == [default, (torch.device("cpu"), torch.bfloat16)]
+    assert all(line.startswith("a bird ") for line in capsys.readouterr().out.splitlines())
 
 
 def test_cli_infill_checks_files_and_model_folders(tmp_path):

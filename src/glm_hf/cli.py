@@ -185,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     infill.add_argument("--top-p", type=float, default=None)
     infill.add_argument("--temperature", type=float, default=None)
     infill.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    infill.add_argument(
+        "--device", default="auto", help="cpu, cuda or cuda:N; auto (default): the GPU where one is available"
+    )
+    infill.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        help="auto (default): float32 on the CPU, the checkpoint's on a GPU",
+    )
     infill.set_defaults(run=_infill)
 
     chat = jobs.add_parser("chat", help="talk to a converted ChatGLM-6B (turns from the terminal or stdin, streamed)")

@@ -32,9 +32,9 @@ def default_model_folder() -> Path:
 
 
 def default_model_and_tokenizer(
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
 ) -> tuple[GLMForConditionalGeneration, PreTrainedTokenizerBase]:
-    """The embedded default model (in eval mode, `dtype`; stored as fp16) and its tokenizer."""
+    """The embedded default model (in eval mode, `dtype`, or "auto": fp16, as stored) and its tokenizer."""
     folder = default_model_folder()
     with transformers_progress_bars(False):  # 9 MB: no "Loading weights" bar
         model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype).eval()

@@ -46,12 +46,41 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
-def load_model(folder: Path | None) -> tuple[Any, Any]:
-    """The model and tokenizer of a folder, or the embedded default."""
+def resolve_device(name: str) -> torch.device:
+    """The device `--device` names: `auto` is the current GPU where CUDA is available, else the CPU; a GPU that
+    this machine lacks is refused, naming what it has."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: give cpu, cuda, cuda:N or auto.")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: this machine has no CUDA device torch can use; pass --device cpu.")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
+    return device
+
+
+def model_dtype(name: str, device: torch.device) -> torch.dtype | str:
+    """The dtype `--dtype` names: `auto` is float32 on the CPU (where half-precision matmuls are slow) and the
+    checkpoint's own on a GPU."""
+    if name != "auto":
+        return getattr(torch, name)
+    return torch.float32 if device.type == "cpu" else "auto"
+
+
+def load_model(folder: Path | None, device: torch.device, dtype: torch.dtype | str) -> tuple[Any, Any]:
+    """The model and tokenizer of a folder, or the embedded default, on `device` in `dtype`."""
     if folder is None:
         from .default_model import default_model_and_tokenizer
 
-        return default_model_and_tokenizer()
+        model, tokenizer = default_model_and_tokenizer(dtype)
+        return model.to(device), tokenizer
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     if not folder.is_dir():
@@ -64,9 +93,9 @@ def load_model(folder: Path | None) -> tuple[Any, Any]:
     if not (folder / "tokenizer.json").is_file():
         raise FileNotFoundError(f"--model {folder} has no tokenizer.json (convert with --tokenizer and --vocab-dir).")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    # float32 whatever the folder stores (often fp16): the job runs on the CPU, where fp16 matmuls are slow.
     with transformers_progress_bars(is_long_work(bytes_under(folder))):
-        return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32).eval(), tokenizer
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype)
+    return model.to(device).eval(), tokenizer
 
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,6 +119,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--top-p must be in (0, 1].")
     if args.temperature is not None and args.temperature <= 0:
         raise ValueError("--temperature must be positive.")
+    resolve_device(args.device)
     if args.output is not None:
         if args.output.is_dir():
             raise ValueError(f"--output {args.output} is a folder; give a .jsonl or .txt file path.")
@@ -150,7 +180,8 @@ def write_text_lines(path: Path, lines: Iterable[str]) -> None:
 def run_infill(args: argparse.Namespace) -> None:
     check_arguments(args)
     texts = read_texts(args.input) if args.input is not None else args.texts
-    model, tokenizer = load_model(args.model)
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.model, device, model_dtype(args.dtype, device))
     check_infilling_model(model.config)
     check_span_length(model.config, args.max_new_tokens)
     check_texts(tokenizer, model.config, texts, args.input)
