@@ -15,7 +15,13 @@ import pytest
 import torch
 from test_fast_decoding import HostReads, left_padded_prompts
 from test_generation_mixin import TokenRecorder
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    CompileConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.cache_utils import StaticCache
 
 import glm_hf
@@ -443,6 +449,27 @@ def captured_step(
     return step
 
 
+def capture_everything(monkeypatch: pytest.MonkeyPatch) -> list[captured_decoding.CapturedDecodeStep]:
+    """Every step built from now on is captured after its first step, as on CUDA (`RecordedGraph`); the steps
+    captured, in order."""
+    captured: list[captured_decoding.CapturedDecodeStep] = []
+    build, capture = captured_decoding.CapturedDecodeStep.__init__, captured_decoding.CapturedDecodeStep._capture
+
+    def building(step: captured_decoding.CapturedDecodeStep, *args: Any, **kwargs: Any) -> None:
+        build(step, *args, **kwargs)
+        step.capture, step.warmup_left = True, 0
+
+    def capturing(step: captured_decoding.CapturedDecodeStep) -> None:
+        captured.append(step)
+        capture(step)
+
+    monkeypatch.setattr(captured_decoding.CapturedDecodeStep, "__init__", building)
+    monkeypatch.setattr(captured_decoding.CapturedDecodeStep, "_capture", capturing)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", RecordedGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    return captured
+
+
 def serves(step: captured_decoding.CapturedDecodeStep, model: Any) -> bool:
     """Whether a later run like the one that captured `step` would replay it."""
     kinds = (step.tokens.shape[0], step.block_positions is not None, step.attention_mask is not None, step.forward)
@@ -499,14 +526,15 @@ def test_a_captured_step_is_not_replayed_over_cache_tensors_replaced_by_a_beam_s
 
 def test_an_offloading_static_cache_takes_transformers_loop() -> None:
     """An offloading static cache moves each layer off the device and back in every forward (new tensors each
-    time): no fixed buffers for a graph, so its runs take transformers' loop (it offloads through CUDA streams:
-    the choice is checked here, not a run)."""
+    time): no fixed buffers for a graph, so its runs take transformers' loop (it offloads through CUDA streams,
+    which torch before 2.7 makes when the cache is built: the choice is checked here on a cache marked so)."""
     model = tiny_model()
     kwargs = {"position_ids": torch.zeros(1, 3, dtype=torch.long)}
     config = model.generation_config
-    for offloading, expected in ((False, True), (True, False)):
-        cache = StaticCache(config=model.config, max_cache_len=40, offloading=offloading)
-        assert captured_decoding.static_cache_loop_applies(model, cache, config, kwargs, False) is expected
+    cache = StaticCache(config=model.config, max_cache_len=40)
+    assert captured_decoding.static_cache_loop_applies(model, cache, config, kwargs, False)
+    cache.offloading = True
+    assert not captured_decoding.static_cache_loop_applies(model, cache, config, kwargs, False)
 
 
 def test_a_run_under_autocast_neither_replays_nor_captures_its_step(monkeypatch) -> None:
@@ -523,14 +551,23 @@ def test_a_run_under_autocast_neither_replays_nor_captures_its_step(monkeypatch)
         assert model.generate(**inputs, **options).tolist() == expected
         assert step.graph.replays == replays
         assert model.kept_static_cache[4] == torch.bfloat16
-        assert model.kept_static_cache[-1].layers[0].keys.dtype == torch.bfloat16
-        step.graph, step.warmup_left = None, 0  # due for its capture
+        cache = model.kept_static_cache[-1]
+        assert cache.layers[0].keys.dtype == torch.bfloat16
+        autocast_step = model.decode_steps[cache]
+        autocast_step.capture, autocast_step.warmup_left = True, 0  # due for its capture, as on CUDA
 
         def no_capture(graph: object) -> Any:
             raise AssertionError("a run under autocast captured its step")
 
         monkeypatch.setattr(torch.cuda, "graph", no_capture)
         assert model.generate(**inputs, **options).tolist() == expected
+        assert model.decode_steps[cache] is autocast_step
+        # As a capture leaves it: a run under autocast does not replay it either.
+        autocast_step.graph = RecordedGraph()
+        autocast_step.settings_at_capture = captured_decoding.module_settings(model)
+        autocast_step.cache_pointers_at_capture = captured_decoding.cache_pointers(cache)
+        assert model.generate(**inputs, **options).tolist() == expected
+        assert model.decode_steps[cache] is autocast_step and autocast_step.graph.replays == 0
 
 
 def test_autocast_keeps_the_cuda_default_off_the_captured_step(monkeypatch) -> None:
@@ -555,6 +592,71 @@ def test_runs_of_other_kinds_in_between_leave_a_captured_step_serving(monkeypatc
     model.generate(**inputs, do_sample=True, max_new_tokens=4)
     model.generate(**inputs, cache_implementation="static", return_dict_in_generate=True, output_scores=True, **GREEDY)
     assert serves(step, model)
+    compile_config = CompileConfig(backend="eager")
+    compile_config._compile_all_devices = True  # transformers compiles its forward on the CPU only when asked to
+    options = {"cache_implementation": "static", "compile_config": compile_config, "output_hidden_states": True}
+    model.generate(**inputs, return_dict_in_generate=True, **options, **GREEDY)
+    assert "_compiled_call" in vars(model) and serves(step, model)
+
+
+def test_a_function_set_on_a_module_is_told_from_the_one_captured_with(monkeypatch) -> None:
+    """A function set on a module is held by the captured settings, so that a later function cannot take its
+    freed address and pass for it."""
+
+    def captured_forward(module: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return type(module).forward(module, hidden)
+
+    def other_forward(module: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+    model = tiny_model()
+    mlp = model.glm.layers[1].mlp
+    mlp.forward = functools.partial(captured_forward, mlp)
+    step = captured_step(
+        model, monkeypatch, **blank_inputs(batch_size=1, part_b=1), cache_implementation="static", **GREEDY
+    )
+    for _ in range(10):
+        mlp.forward = functools.partial(other_forward, mlp)  # the one before is freed: its address is free
+        assert not serves(step, model)
+
+
+def test_backend_choices_made_after_a_capture_are_told_apart(monkeypatch) -> None:
+    """A graph keeps the kernels picked at capture: another SDPA backend choice (`sdpa_kernel`) or matmul precision
+    gets a new step."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = tiny_model()
+    step = captured_step(
+        model, monkeypatch, **blank_inputs(batch_size=1, part_b=1), cache_implementation="static", **GREEDY
+    )
+    with sdpa_kernel(SDPBackend.MATH):
+        assert not serves(step, model)
+    assert serves(step, model)
+    precision = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium" if precision != "medium" else "high")
+        assert not serves(step, model)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    assert serves(step, model)
+
+
+def test_runs_alternating_between_settings_replay_a_graph_each(monkeypatch) -> None:
+    """The model keeps a few steps per cache: runs alternating between two settings (the attention
+    implementation here) capture once per setting, not once per run; a step over weights that are gone is dropped."""
+    captured = capture_everything(monkeypatch)
+    model = tiny_model(**{"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    options = {"cache_implementation": "static", **GREEDY}
+    for eager_attention in (False, True) * 3:
+        model.config._attn_implementation = "eager" if eager_attention else "sdpa"
+        model.generate(**inputs, **options)
+    assert len(captured) == 2
+    cache = model.kept_static_cache[-1]
+    assert len(model.decode_steps.by_cache[cache]) == 2
+    model.load_state_dict(copy.deepcopy(model.state_dict()), assign=True)  # new weights, same cache
+    model.generate(**inputs, **options)
+    assert len(captured) == 3 and model.decode_steps.by_cache[cache] == [captured[-1]]
 
 
 def test_a_run_after_a_change_builds_a_new_step_and_replays_no_graph(monkeypatch) -> None:

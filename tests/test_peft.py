@@ -183,21 +183,26 @@ def test_lora_generation_decodes_on_the_kept_static_cache_as_the_bare_model_does
 
 def test_a_captured_lora_step_is_not_replayed_with_the_adapters_switched_off_merged_or_rescaled(monkeypatch) -> None:
     """A CUDA graph holds the LoRA branch as it was when captured: with the adapters switched off, merged into the
-    weights (in place: the pointers stay) or scaled, a run gets a new step, whose tokens are those of the model as
-    it is then; with the adapters back as they were, the graph serves again."""
-    from test_captured_decoding import captured_step, serves
+    weights (in place: the pointers stay) or scaled, a run gets another step, whose tokens are those of the model
+    as it is then; with the adapters back on, the next run replays the first graph again."""
+    from test_captured_decoding import capture_everything, serves
 
+    captured = capture_everything(monkeypatch)
     model = get_peft_model(tiny_model(), LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False)).eval()
     base = model.get_base_model()
     batch = padded_blank_batch()
     settings = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "cache_implementation": "static"}
-    step = captured_step(model, monkeypatch, **batch, **settings)
+    model.generate(**batch, **settings)
+    step, cache = captured[0], base.kept_static_cache[-1]
     with model.disable_adapter():
         assert not serves(step, base)
         tokens = model.generate(**batch, **settings)
-        assert base.decode_steps[base.kept_static_cache[-1]] is not step
+        assert base.decode_steps[cache] is captured[1]
         assert tokens.tolist() == tiny_model().generate(**batch, **settings).tolist()
-    assert serves(step, base)
+    replays = step.graph.replays
+    model.generate(**batch, **settings)
+    assert base.decode_steps[cache] is step and step.graph.replays > replays
+    assert [capture.model for capture in captured].count(base) == 2  # the last run captured nothing
     model.base_model.merge_adapter()
     assert not serves(step, base)
     model.base_model.unmerge_adapter()
@@ -205,6 +210,22 @@ def test_a_captured_lora_step_is_not_replayed_with_the_adapters_switched_off_mer
     for layer in (module for module in base.modules() if isinstance(module, LoraLayer)):
         layer.scale_layer(2.0)
     assert not serves(step, base)
+
+
+def test_runs_alternating_between_two_adapters_replay_a_graph_each(monkeypatch) -> None:
+    """Each adapter's runs keep their captured step on the kept cache: switching adapters at every call captures
+    once per adapter, not once per call."""
+    from test_captured_decoding import capture_everything
+
+    captures = capture_everything(monkeypatch)
+    model = get_peft_model(tiny_model(), LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False)).eval()
+    model.add_adapter("second", LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False))
+    batch = padded_blank_batch()
+    settings = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "cache_implementation": "static"}
+    for adapter in ("default", "second") * 3:
+        model.set_adapter(adapter)
+        model.generate(**batch, **settings)
+    assert len(captures) == 2
 
 
 def test_lora_training_save_reload_and_merge_give_the_same_logits(tmp_path) -> None:

@@ -272,14 +272,17 @@ def cache_pointers(cache: Cache) -> tuple[int, ...]:
     """Where the cache's tensors live (keys, values, counters of each layer): a graph captured over them writes and
     reads those addresses, stale once a layer's tensors are replaced (beam search reorders them into new ones)."""
     return tuple(
-        value.data_ptr() for layer in cache.layers for value in vars(layer).values() if isinstance(value, torch.Tensor)
+        value.data_ptr()
+        for layer in getattr(cache, "layers", ())
+        for value in getattr(layer, "__dict__", {}).values()
+        if isinstance(value, torch.Tensor)
     )
 
 
 # Not settings of a step: what `nn.Module.__init__` sets on every module (its parameters, buffers, children and
 # hooks: the weights are compared by pointer, hooks keep a run off the graph; `training` is a setting) and the
 # records of earlier runs, GLM's (the kept cache, the steps, the compiled step, the lock) and transformers' (the
-# largest static cache it made, its compiled forward).
+# largest static cache it made, its compiled forward and the options it was compiled with).
 NOT_SETTINGS = (frozenset(vars(nn.Module())) - {"training"}) | {
     "kept_static_cache",
     "decode_steps",
@@ -287,36 +290,72 @@ NOT_SETTINGS = (frozenset(vars(nn.Module())) - {"training"}) | {
     "generation_lock",
     "_previous_max_cache_length",
     "_compiled_call",
+    "_last_compile_config",
 }
 PLAIN_TUPLE = (bool, int, float, complex, str, bytes, type(None))
 PLAIN_TYPES = frozenset(PLAIN_TUPLE)
 
 
+class Same:
+    """An object held and compared by identity: a setting that is a function (an id alone could be taken by another
+    object once the first is gone)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Same) and other.value is self.value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+
+def backend_settings() -> tuple[Any, ...]:
+    """The process-wide choices a captured graph keeps as they were at capture: the SDPA backends allowed (also
+    what `sdpa_kernel` sets) and the reduced-precision matmul options, by which kernels were picked."""
+    cuda = torch.backends.cuda
+    return (
+        cuda.flash_sdp_enabled(),
+        cuda.mem_efficient_sdp_enabled(),
+        cuda.math_sdp_enabled(),
+        cuda.cudnn_sdp_enabled(),
+        torch.get_float32_matmul_precision(),
+        cuda.matmul.allow_tf32,
+        cuda.matmul.allow_fp16_reduced_precision_reduction,
+        cuda.matmul.allow_bf16_reduced_precision_reduction,
+        torch.backends.cudnn.allow_tf32,
+    )
+
+
 def module_settings(model: nn.Module) -> tuple[Any, ...]:
-    """What a CUDA graph of the model's step holds besides the memory it reads, as a comparable value: the attention
-    implementation and the functions looked up per call (attention, rotary), then each module (its identity and
-    class, the class's `forward`) with its settings, the plain values on it (train / eval mode, PEFT's active,
-    disabled and merged adapters and their scales, ...) and any function set on it. Other objects on a module
-    (the config, caches, locks) are left out: they are not settings of the step."""
+    """What a CUDA graph of the model's step holds besides the memory it reads, as a comparable value: the backend
+    choices (`backend_settings`), the attention implementation and the functions looked up per call (attention,
+    rotary), then each module (its identity and class, the class's `forward`) with its settings, the plain values
+    on it (train / eval mode, PEFT's active, disabled and merged adapters and their scales, ...) and any function
+    set on it. Other objects on a module (the config, caches, locks) are left out: they are not settings of the
+    step. About 3 us per module on a 2-core CPU."""
     from .modeling_glm import apply_rotary, resolve_attention_interface
 
     implementation = getattr(model.config, "_attn_implementation", None)
-    settings: list[Any] = [implementation, id(resolve_attention_interface(implementation)), id(apply_rotary)]
+    attention = resolve_attention_interface(implementation)
+    settings: list[Any] = [backend_settings(), implementation, Same(attention), Same(apply_rotary)]
     for module in model.modules():
         fields = [
             (name, value if type(value) in PLAIN_TYPES else setting_value(value))
             for name, value in vars(module).items()
             if name not in NOT_SETTINGS
         ]
-        settings.append((id(module), type(module), id(getattr(type(module), "forward", None)), tuple(fields)))
+        settings.append((id(module), type(module), Same(getattr(type(module), "forward", None)), tuple(fields)))
     return tuple(settings)
 
 
 def setting_value(value: Any, depth: int = 0) -> Any:
     """A module attribute's value as a setting: plain values as they are, containers of them (two levels deep)
-    item by item, bound methods by function and instance, other callables (functions, partials) by identity; None
-    for any other object. Types are read with `type()`: `isinstance` would go through a config's own attribute
-    look-up."""
+    item by item, bound methods by function and instance, other callables (functions, partials) by identity
+    (`Same`); None for any other object. Types are read with `type()`: `isinstance` would go through a config's
+    own attribute look-up."""
     kind = type(value)
     if issubclass(kind, PLAIN_TUPLE):
         return value
@@ -326,9 +365,9 @@ def setting_value(value: Any, depth: int = 0) -> Any:
         items = value.items() if issubclass(kind, dict) else value
         return (kind, tuple(setting_value(item, depth + 1) for item in items))
     if kind is types.MethodType:
-        return ("method", id(value.__func__), id(value.__self__))
+        return ("method", Same(value.__func__), Same(value.__self__))
     if callable(value) and not issubclass(kind, (type, nn.Module)):
-        return ("callable", id(value))
+        return ("callable", Same(value))
     return None
 
 
@@ -493,20 +532,62 @@ def start_step(
     prefix_length = model_kwargs.get("prefix_length")
     forward = compiled_last_column_logits(model, generation_config) if compile_step else last_column_logits
     kinds = (batch_size, block_positions is not None, attention_mask is not None, forward)
-    step = model.decode_steps.get(cache)
-    if step is None or not step.fits(*kinds, model):
-        step = CapturedDecodeStep(model, cache, batch_size, capacity, *kinds[1:])
-        model.decode_steps[cache] = step
+    step = model.decode_steps.fitting(cache, kinds, model)
     step.begin(positions, block_positions, attention_mask, prefix_length, first_column)
     return step
 
 
-class DecodeSteps(weakref.WeakKeyDictionary):
-    """The model's captured decode steps, by cache: a step lives as long as its cache. Neither copied nor pickled
-    with the model (a graph is bound to the weights it was captured over): a copy starts empty."""
+# Steps kept per cache: runs that alternate between settings (adapters on and off, two adapters) each find theirs.
+STEPS_PER_CACHE = 4
+
+
+class DecodeSteps:
+    """The model's decode steps, by cache: the last `STEPS_PER_CACHE` built on each, so that runs alternating
+    between module settings (adapters switched on and off, two adapters) replay their own graphs instead of
+    capturing again. `steps[cache]` is the step the latest run on the cache used. A step lives as long as its
+    cache. Neither copied nor pickled with the model (a graph is bound to the weights it was captured over): a copy
+    starts empty."""
+
+    def __init__(self) -> None:
+        self.by_cache: weakref.WeakKeyDictionary[Cache, list[CapturedDecodeStep]] = weakref.WeakKeyDictionary()
+
+    def __getitem__(self, cache: Cache) -> CapturedDecodeStep:
+        return self.by_cache[cache][-1]
+
+    def get(self, cache: Cache, default: CapturedDecodeStep | None = None) -> CapturedDecodeStep | None:
+        steps = self.by_cache.get(cache)
+        return steps[-1] if steps else default
+
+    def __len__(self) -> int:
+        return len(self.by_cache)  # caches with steps
+
+    def values(self) -> list[CapturedDecodeStep]:
+        """The step the latest run on each cache used."""
+        return [steps[-1] for steps in self.by_cache.values()]
+
+    def fitting(self, cache: Cache, kinds: tuple[Any, ...], model: GLMForConditionalGeneration) -> CapturedDecodeStep:
+        """The latest-used step on `cache` that fits a run of these `kinds` (`CapturedDecodeStep.fits`), now the
+        latest; else a new one, kept in place of the oldest and of those that can never fit again (over weights or
+        cache tensors that are gone)."""
+        steps = self.by_cache.setdefault(cache, [])
+        for step in reversed(steps):
+            if step.fits(*kinds, model):
+                steps.remove(step)
+                steps.append(step)
+                return step
+        step = CapturedDecodeStep(model, cache, kinds[0], cache.get_max_length(), *kinds[1:])
+        pointers = cache_pointers(cache)
+        alive = [
+            kept
+            for kept in steps
+            if kept.parameter_pointers == step.parameter_pointers
+            and (kept.graph is None or kept.cache_pointers_at_capture == pointers)
+        ]
+        steps[:] = [*alive[max(0, len(alive) - STEPS_PER_CACHE + 1) :], step]
+        return step
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DecodeSteps:
-        return type(self)()  # WeakKeyDictionary's own would copy the steps
+        return type(self)()  # a copy's weights are new: no graph of this model's serves it
 
     def __reduce__(self) -> tuple[type, tuple[()]]:
         return type(self), ()

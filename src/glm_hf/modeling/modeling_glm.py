@@ -1073,8 +1073,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self._keys_to_ignore_on_save = tied_head_keys(config)
         self.generation_lock = GenerationLock()
         # The static cache of generate()'s own static runs, kept for the next run that fits: (batch, dtype, device,
-        # whether made in inference mode, cache).
-        self.kept_static_cache: tuple[int, torch.dtype, torch.device, bool, StaticCache] | None = None
+        # whether made in inference mode, autocast's dtype or None, cache).
+        self.kept_static_cache: tuple[int, torch.dtype, torch.device, bool, torch.dtype | None, StaticCache] | None
+        self.kept_static_cache = None
         self.decode_steps = DecodeSteps()  # captured decode steps, by cache (`captured_decoding`)
         self.post_init()
         self.generation_config = glm_generation_config(config)
