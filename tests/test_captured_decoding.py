@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -657,6 +659,35 @@ def test_runs_alternating_between_settings_replay_a_graph_each(monkeypatch) -> N
     model.load_state_dict(copy.deepcopy(model.state_dict()), assign=True)  # new weights, same cache
     model.generate(**inputs, **options)
     assert len(captured) == 3 and model.decode_steps.by_cache[cache] == [captured[-1]]
+
+
+def test_a_graph_captured_under_a_runs_settings_is_chosen_over_a_step_not_captured_yet(monkeypatch) -> None:
+    """Runs in training mode (never captured: dropout draws per step) between runs in eval mode: each eval run
+    replays the eval graph instead of capturing the training run's step again."""
+    captured = capture_everything(monkeypatch)
+    model = tiny_model(**{"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    options = {"cache_implementation": "static", **GREEDY}
+    for training in (False, True) * 3:
+        model.train(training)
+        model.generate(**inputs, **options)
+    assert len(captured) == 1
+    steps = model.decode_steps.by_cache[model.kept_static_cache[-1]]
+    assert len(steps) == 2 and steps[0] is captured[0] and steps[1].graph is None
+
+
+def test_a_steps_captured_settings_keep_no_cache_alive(monkeypatch) -> None:
+    """A captured step's settings hold the functions set on modules weakly: a caller's cache whose method was set
+    on a module is freed with its steps once the caller lets it go."""
+    model = tiny_model()
+    cache = StaticCache(config=model.config, max_cache_len=40)
+    model.glm.layers[0].on_reset = cache.reset
+    captured_step(model, monkeypatch, cache=cache, **blank_inputs(batch_size=1, part_b=1), **GREEDY)
+    del model.glm.layers[0].on_reset
+    freed = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert freed() is None and len(model.decode_steps) == 0
 
 
 def test_a_run_after_a_change_builds_a_new_step_and_replays_no_graph(monkeypatch) -> None:

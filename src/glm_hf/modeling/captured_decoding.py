@@ -145,28 +145,34 @@ class CapturedDecodeStep:
     def fits(
         self, batch_size: int, has_blocks: bool, has_mask: bool, forward: Any, model: GLMForConditionalGeneration
     ) -> bool:
-        """Whether this step (and its graph) serves a run with these inputs on its cache: the same batch and kinds of
-        inputs, the model's weights where they were when it was built, and for a captured graph, the cache's
-        tensors where they were and the modules set as they were when it was captured (a replay runs no Python:
-        adapters switched off or merged, a module put in training mode or given another forward would go unseen,
-        and it would write keys into tensors the cache no longer holds, as after a beam search reordered it)."""
+        """Whether this step (and its graph) serves a run with these inputs on its cache (`takes`), and for a
+        captured graph, with the cache's tensors where they were and the modules set as they were when it was
+        captured (a replay runs no Python: adapters switched off or merged, a module put in training mode or given
+        another forward would go unseen, and it would write keys into tensors the cache no longer holds, as after a
+        beam search reordered it)."""
+        return self.takes(batch_size, has_blocks, has_mask, forward, parameter_pointers(model)) and (
+            self.graph is None or self.captured_over(module_settings(model), cache_pointers(self.cache()))
+        )
+
+    def takes(self, batch_size: int, has_blocks: bool, has_mask: bool, forward: Any, weights: tuple[int, ...]) -> bool:
+        """Whether this step's buffers and forward serve a run with these inputs: the same batch and kinds of
+        inputs, forward and inference mode, and the model's weights (`parameter_pointers`) where they were when it
+        was built."""
         return (
             batch_size == self.tokens.shape[0]
             and has_blocks == (self.block_positions is not None)
             and has_mask == (self.attention_mask is not None)
             and forward is self.forward
             and torch.is_inference_mode_enabled() == self.inference_mode
-            and parameter_pointers(model) == self.parameter_pointers
-            and (self.graph is None or self.still_as_captured(model))
+            and weights == self.parameter_pointers
         )
 
-    def still_as_captured(self, model: GLMForConditionalGeneration) -> bool:
-        """Whether the cache's tensors and the model's module settings are those the graph was captured over."""
-        cache = self.cache()
+    def captured_over(self, settings: tuple[Any, ...], pointers: tuple[int, ...]) -> bool:
+        """Whether its graph was captured over these module settings and cache tensors, its cache still alive."""
         return (
-            cache is not None
-            and cache_pointers(cache) == self.cache_pointers_at_capture
-            and module_settings(model) == self.settings_at_capture
+            self.cache() is not None
+            and pointers == self.cache_pointers_at_capture
+            and settings == self.settings_at_capture
         )
 
     def begin(
@@ -297,19 +303,30 @@ PLAIN_TYPES = frozenset(PLAIN_TUPLE)
 
 
 class Same:
-    """An object held and compared by identity: a setting that is a function (an id alone could be taken by another
-    object once the first is gone)."""
+    """An object compared by identity, held weakly where it can be: a setting that is a function or a method's
+    instance. Not its id alone, which another object can take once the first is gone; not a strong reference, which
+    could keep a cache or model alive through a step's settings."""
 
-    __slots__ = ("value",)
+    __slots__ = ("key", "ref", "value")
 
     def __init__(self, value: Any) -> None:
-        self.value = value
+        self.key = id(value)
+        try:
+            self.ref, self.value = weakref.ref(value), None
+        except TypeError:  # no weak references to it (builtins, None): held
+            self.ref, self.value = None, value
+
+    def target(self) -> Any:
+        return self.value if self.ref is None else self.ref()
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Same) and other.value is self.value
+        if not isinstance(other, Same) or other.key != self.key or (self.ref is None) != (other.ref is None):
+            return False
+        target = self.target()
+        return target is other.target() and (self.ref is None or target is not None)
 
     def __hash__(self) -> int:
-        return id(self.value)
+        return self.key
 
 
 def backend_settings() -> tuple[Any, ...]:
@@ -566,21 +583,30 @@ class DecodeSteps:
         return [steps[-1] for steps in self.by_cache.values()]
 
     def fitting(self, cache: Cache, kinds: tuple[Any, ...], model: GLMForConditionalGeneration) -> CapturedDecodeStep:
-        """The latest-used step on `cache` that fits a run of these `kinds` (`CapturedDecodeStep.fits`), now the
-        latest; else a new one, kept in place of the oldest and of those that can never fit again (over weights or
-        cache tensors that are gone)."""
+        """The step on `cache` for a run of these `kinds`, now the latest used: the latest whose graph was captured
+        under the run's settings (`CapturedDecodeStep.fits`), else the latest not captured yet; else a new one,
+        kept in place of the oldest and of those that can never fit again (over weights or cache tensors that are
+        gone)."""
         steps = self.by_cache.setdefault(cache, [])
-        for step in reversed(steps):
-            if step.fits(*kinds, model):
-                steps.remove(step)
-                steps.append(step)
-                return step
+        weights = parameter_pointers(model)
+        usable = [step for step in steps if step.takes(*kinds, weights)]
+        captured = [step for step in usable if step.graph is not None]
+        if captured:
+            settings, pointers = module_settings(model), cache_pointers(cache)
+            captured = [step for step in captured if step.captured_over(settings, pointers)]
+        # A graph captured under this run's settings first; else a step not captured yet (it captures under them).
+        chosen = captured or [step for step in usable if step.graph is None]
+        if chosen:
+            step = chosen[-1]
+            steps.remove(step)
+            steps.append(step)
+            return step
         step = CapturedDecodeStep(model, cache, kinds[0], cache.get_max_length(), *kinds[1:])
         pointers = cache_pointers(cache)
         alive = [
             kept
             for kept in steps
-            if kept.parameter_pointers == step.parameter_pointers
+            if kept.parameter_pointers == weights
             and (kept.graph is None or kept.cache_pointers_at_capture == pointers)
         ]
         steps[:] = [*alive[max(0, len(alive) - STEPS_PER_CACHE + 1) :], step]
