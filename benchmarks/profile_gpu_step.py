@@ -74,8 +74,9 @@ def linear_variants(n_in: int, n_out: int, bias: bool, compiled: bool) -> list[s
         "mv, add": lambda w: torch.mv(w, row.view(-1)) + (0 if offset is None else offset),
     }
     if compiled:
-        tuned = torch.compile(reduction_projection, options={"coordinate_descent_tuning": True})
-        templates = torch.compile(torch.nn.functional.linear, mode="max-autotune-no-cudagraphs")
+        # dynamic=False: each shape gets kernels of its own (not one compiled for any size after the second shape)
+        tuned = torch.compile(reduction_projection, dynamic=False, options={"coordinate_descent_tuning": True})
+        templates = torch.compile(torch.nn.functional.linear, dynamic=False, mode="max-autotune-no-cudagraphs")
         variants["triton sum"] = lambda w: tuned(row, w, offset)
         variants["autotuned mm"] = lambda w: templates(row, w, offset)
     report = []
