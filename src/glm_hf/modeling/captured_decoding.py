@@ -588,11 +588,11 @@ class DecodeSteps:
         kept in place of the oldest and of those that can never fit again (over weights or cache tensors that are
         gone)."""
         steps = self.by_cache.setdefault(cache, [])
-        weights = parameter_pointers(model)
+        weights, pointers = parameter_pointers(model), cache_pointers(cache)
         usable = [step for step in steps if step.takes(*kinds, weights)]
         captured = [step for step in usable if step.graph is not None]
-        if captured:
-            settings, pointers = module_settings(model), cache_pointers(cache)
+        if captured:  # the settings only where a graph could be replayed: a walk over every module
+            settings = module_settings(model)
             captured = [step for step in captured if step.captured_over(settings, pointers)]
         # A graph captured under this run's settings first; else a step not captured yet (it captures under them).
         chosen = captured or [step for step in usable if step.graph is None]
@@ -602,7 +602,6 @@ class DecodeSteps:
             steps.append(step)
             return step
         step = CapturedDecodeStep(model, cache, kinds[0], cache.get_max_length(), *kinds[1:])
-        pointers = cache_pointers(cache)
         alive = [
             kept
             for kept in steps
