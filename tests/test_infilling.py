@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,6 +174,23 @@ def test_generation_options_come_from_the_model_generation_config_too(model, tok
         fill_blanks(model, tokenizer, TEXTS[1], generation_config=two_each)
     with pytest.raises(ValueError, match="Unknown generation options: colour"):
         fill_blanks(model, tokenizer, TEXTS[1], colour="red")
+
+
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])
+def test_a_given_generation_config_naming_a_cache_implementation_fills_as_one_without(
+    model: glm_hf.GLMForConditionalGeneration, tokenizer: Any, num_beams: int
+) -> None:
+    """fill_blanks builds every batch's cache itself, so the `cache_implementation` of a generation config given
+    to it (e.g. the "static" one a caller decodes with elsewhere) has nothing to choose: the texts are filled as
+    without it. transformers refuses a cache passed together with `cache_implementation`, which made every such
+    call fail."""
+    from transformers import GenerationConfig
+
+    options = {"max_new_tokens": 4, "num_beams": num_beams, "do_sample": False}
+    expected = fill_blanks(model, tokenizer, TEXTS, **options)
+    given = GenerationConfig(cache_implementation="static", **options)
+    assert fill_blanks(model, tokenizer, TEXTS, generation_config=given) == expected
+    assert given.cache_implementation == "static"  # the caller's config is left as it was
 
 
 def test_text_infilling_pipeline_wraps_fill_blanks(model, tokenizer):

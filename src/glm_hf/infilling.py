@@ -170,7 +170,8 @@ def _first_span(tokens: list[int], end_ids: set[int]) -> list[int]:
 
 def blank_generation_config(model: GLMForConditionalGeneration, generate_kwargs: dict[str, Any]) -> GenerationConfig:
     """The model's generation config with the caller's options: one sequence per text, `max_new_tokens` per blank
-    (32 unless set), and no inputs that fill_blanks builds itself."""
+    (32 unless set), and no inputs that fill_blanks builds itself (the cache included: the `cache_implementation`
+    of a given `generation_config` is dropped)."""
     reserved = sorted(set(generate_kwargs) & RESERVED_GENERATE_KWARGS)
     if reserved:
         raise ValueError(f"fill_blanks builds {', '.join(reserved)} itself; leave them out of the generate options.")
@@ -189,6 +190,8 @@ def blank_generation_config(model: GLMForConditionalGeneration, generate_kwargs:
         generation_config.max_new_tokens = 32
     check_span_length(model.config, generation_config.max_new_tokens)
     generation_config.use_cache = True
+    # The cache is fill_blanks' own (`_blank_cache`); transformers refuses a cache given with a cache_implementation.
+    generation_config.cache_implementation = None
     return generation_config
 
 
