@@ -177,20 +177,30 @@ def test_generation_options_come_from_the_model_generation_config_too(model, tok
 
 
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])
-def test_a_given_generation_config_naming_a_cache_implementation_fills_as_one_without(
-    model: glm_hf.GLMForConditionalGeneration, tokenizer: Any, num_beams: int
+@pytest.mark.parametrize("source", ["given", "model"])
+def test_a_generation_config_naming_a_cache_implementation_fills_as_one_without(
+    model: glm_hf.GLMForConditionalGeneration,
+    tokenizer: Any,
+    num_beams: int,
+    source: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """fill_blanks builds every batch's cache itself, so the `cache_implementation` of a generation config given
-    to it (e.g. the "static" one a caller decodes with elsewhere) has nothing to choose: the texts are filled as
-    without it. transformers refuses a cache passed together with `cache_implementation`, which made every such
-    call fail."""
+    """fill_blanks builds every batch's cache itself, so a `cache_implementation` (e.g. the "static" one a caller
+    decodes with elsewhere), in a generation config given to it or in the model's own, has nothing to choose: the
+    texts are filled as without it. transformers refuses a cache passed together with `cache_implementation` (and
+    fills an unset one from the model's config), which made every such call fail."""
     from transformers import GenerationConfig
 
     options = {"max_new_tokens": 4, "num_beams": num_beams, "do_sample": False}
     expected = fill_blanks(model, tokenizer, TEXTS, **options)
-    given = GenerationConfig(cache_implementation="static", **options)
-    assert fill_blanks(model, tokenizer, TEXTS, generation_config=given) == expected
-    assert given.cache_implementation == "static"  # the caller's config is left as it was
+    if source == "given":
+        given = GenerationConfig(cache_implementation="static", **options)
+        assert fill_blanks(model, tokenizer, TEXTS, generation_config=given) == expected
+        assert given.cache_implementation == "static"  # the caller's config is left as it was
+    else:
+        monkeypatch.setattr(model.generation_config, "cache_implementation", "static")
+        assert fill_blanks(model, tokenizer, TEXTS, **options) == expected
+        assert model.generation_config.cache_implementation == "static"
 
 
 def test_text_infilling_pipeline_wraps_fill_blanks(model, tokenizer):

@@ -170,8 +170,7 @@ def _first_span(tokens: list[int], end_ids: set[int]) -> list[int]:
 
 def blank_generation_config(model: GLMForConditionalGeneration, generate_kwargs: dict[str, Any]) -> GenerationConfig:
     """The model's generation config with the caller's options: one sequence per text, `max_new_tokens` per blank
-    (32 unless set), and no inputs that fill_blanks builds itself (the cache included: the `cache_implementation`
-    of a given `generation_config` is dropped)."""
+    (32 unless set), and no inputs that fill_blanks builds itself."""
     reserved = sorted(set(generate_kwargs) & RESERVED_GENERATE_KWARGS)
     if reserved:
         raise ValueError(f"fill_blanks builds {', '.join(reserved)} itself; leave them out of the generate options.")
@@ -190,8 +189,6 @@ def blank_generation_config(model: GLMForConditionalGeneration, generate_kwargs:
         generation_config.max_new_tokens = 32
     check_span_length(model.config, generation_config.max_new_tokens)
     generation_config.use_cache = True
-    # The cache is fill_blanks' own (`_blank_cache`); transformers refuses a cache given with a cache_implementation.
-    generation_config.cache_implementation = None
     return generation_config
 
 
@@ -371,10 +368,13 @@ def _blank_cache(model: GLMForConditionalGeneration, generation_config: Generati
     of copying the whole growing cache at every token), not compiled (each call has its own size); beam search,
     which reorders and copies its cache, gets a dynamic one."""
     if (generation_config.num_beams or 1) > 1:
-        return GLMDynamicCache(config=model.config)
-    if generation_config.compile_config is None:
-        generation_config.disable_compile = True
-    return StaticCache(config=model.config, max_cache_len=length)
+        cache: Cache = GLMDynamicCache(config=model.config)
+    else:
+        if generation_config.compile_config is None:
+            generation_config.disable_compile = True
+        cache = StaticCache(config=model.config, max_cache_len=length)
+    cache.filled_by_fill_blanks = True  # generate() drops the model's default cache_implementation for it
+    return cache
 
 
 def _part_b_columns(

@@ -1380,6 +1380,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             max_cache_length += drafts
         self.glm.run_flags.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
         given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
+        if getattr(given, "filled_by_fill_blanks", False):
+            # fill_blanks' own cache: a `cache_implementation` (the model's default, which transformers merges into
+            # an unset option) has nothing to choose, and transformers refuses it beside a cache.
+            generation_config.cache_implementation = None
         self.glm.run_flags.caller_cache = given is not None
         capacity = given.get_max_length() if given is not None and given.is_compileable else None
         if capacity is not None and capacity < max_cache_length:
