@@ -731,6 +731,27 @@ def test_a_run_with_a_forward_hook_runs_every_static_step_eagerly(monkeypatch) -
     handle.remove()
 
 
+def test_a_run_whose_positions_may_pass_the_tables_checks_them_instead_of_replaying(monkeypatch) -> None:
+    """A captured step reads its positions without the per-step range check (a host sync), so a run whose ids may
+    pass the position tables (not checked up front) runs its steps eagerly even where a graph was captured: the
+    clear error at the step whose block position passes the table, not a replay indexing past it (on CUDA an
+    out-of-range embedding index is a device-side assert that leaves the process's CUDA context unusable)."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    cache = StaticCache(config=model.config, max_cache_len=40)
+    step = captured_step(model, monkeypatch, cache=cache, **inputs, **GREEDY)
+    replays = step.graph.replays
+    late = dict(inputs, block_position_ids=inputs["block_position_ids"].clone())
+    late["block_position_ids"][:, -1] = model.config.max_position_embeddings - 4  # passes the table at step 4
+    cache.reset()
+    with pytest.raises(ValueError, match="is past the 65 rows"):
+        model.generate(**late, **GREEDY, **{GENERATE_CACHE_KWARG: cache})
+    assert model.decode_steps[cache] is step and step.graph.replays == replays
+    cache.reset()
+    model.generate(**inputs, **GREEDY, **{GENERATE_CACHE_KWARG: cache})  # fits: the graph serves again
+    assert step.graph.replays == replays + GREEDY["max_new_tokens"] - 1
+
+
 def test_a_forward_hook_keeps_the_cuda_default_off_the_captured_step(monkeypatch) -> None:
     """On CUDA the default run keeps a static cache with its captured step, except with a forward hook set: then it
     takes transformers' loop, whose eager steps the hook sees."""

@@ -205,10 +205,12 @@ class CapturedDecodeStep:
         # A replay runs no Python: no hook would see the step. Under autocast a capture would hold the weights'
         # casts, which autocast frees when its context ends (and a graph captured without it would ignore it).
         replays = self.capture and not flags.forward_hooks and not torch.is_autocast_enabled(self.tokens.device.type)
-        if self.graph is not None and replays:
+        if not replays or not flags.positions_prechecked or self.model.training:
+            # Eager: on the CPU; with a hook; a run whose ids may pass the position tables (the per-step check, a
+            # host sync, which a replay would skip); dropout.
+            self._run()
+        elif self.graph is not None:
             self.graph.replay()
-        elif not replays or not flags.positions_prechecked or self.model.training:
-            self._run()  # no graph: on the CPU; with a hook; with a per-step position check (a host sync); dropout
         elif self.warmup_left > 0:
             self.warmup_left -= 1
             self._run_on_side_stream()
