@@ -224,6 +224,7 @@ MODULE_CASES: dict[str, Callable[[torch.nn.Module, pytest.MonkeyPatch], Any]] = 
     "compiled-block": lambda model, patch: model.glm.layers[1].compile(backend="eager"),
     "function-activation": lambda model, patch: replace_the_activation_by_a_function(model),
     "steering-activation-module": lambda model, patch: use_a_steering_activation(model),
+    "steering-activation-function": lambda model, patch: steer_from_the_activation_function(model),
     "hooked-blocks-in-a-list": lambda model, patch: hook_blocks_held_in_a_list(model),
 }
 CHANGED_TOKENS = {
@@ -236,6 +237,7 @@ CHANGED_TOKENS = {
     "steering-head-wrapper",
     "steering-attention-function",
     "steering-activation-module",
+    "steering-activation-function",
     "hooked-blocks-in-a-list",
 }
 
@@ -285,6 +287,21 @@ class SteeringActivation(torch.nn.Module):
 
 def use_a_steering_activation(model: torch.nn.Module) -> None:
     model.glm.layers[0].mlp.act_fn = SteeringActivation(model).eval()
+
+
+def steer_from_the_activation_function(model: torch.nn.Module) -> None:
+    """The steering code in the function that transformers' activation module calls (`GELUTanh.act`, set on the
+    instance): the module's class is transformers' own, the code it runs in every layer is the caller's, here
+    steering from the second call on."""
+    activation = model.glm.layers[0].mlp.act_fn
+    gelu, calls = activation.act, [0]
+
+    def steering_gelu(hidden: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        steer_once_the_prompt_is_cached(model, 1 if calls[0] > 1 else 2)
+        return gelu(hidden)
+
+    activation.act = steering_gelu
 
 
 def hook_blocks_held_in_a_list(model: torch.nn.Module) -> None:

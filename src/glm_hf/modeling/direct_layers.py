@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,20 @@ def own_code(cls: type) -> bool:
     return all(hasattr(function, "__code__") and own_file(function.__code__.co_filename) for function in functions)
 
 
+def own_callable(value: Any) -> bool:
+    """Whether `value`, a callable held on a module's instance (`GELUTanh.act`), runs torch's, transformers' or GLM's
+    own code: a builtin (torch's C functions), a function or method defined in `OWN_CODE_FOLDERS`, or a
+    `functools.partial` of one."""
+    while isinstance(value, functools.partial):
+        value = value.func
+    if isinstance(value, types.MethodType):
+        value = value.__func__
+    if isinstance(value, types.BuiltinFunctionType):
+        return True
+    code = getattr(value, "__code__", None)
+    return code is not None and own_file(code.co_filename)
+
+
 # The calls of GLM's own classes where they are defined (`remember_calls`): one patched or overridden since, even with
 # GLM's own code, runs as modules.
 ORIGINAL_CALLS: dict[type, tuple[Any, ...]] = {}
@@ -112,9 +127,9 @@ def direct_layers_apply(model: GLMModel) -> bool:
     """Whether `DirectLayers` makes exactly the calls of every block's modules: blocks in a `nn.ModuleList` (where
     the model-wide checks of hooks and patches see them); GLM's own block, attention and MLP classes, calling as
     defined; leaves of `nn.Linear` and `nn.LayerNorm` (not PEFT's, bitsandbytes' or any other layer's) and an
-    activation module of torch's or transformers' own code; all in eval mode (no dropout anywhere), none
-    parametrized. Patches on instances and hooks are the caller's checks (`patched_on_instance`,
-    `forward_hooks_present`), over the whole model once per run."""
+    activation module of torch's or transformers' own code, holding no function of anyone else's (`own_callable`);
+    all in eval mode (no dropout anywhere), none parametrized. Patches on instances and hooks are the caller's
+    checks (`patched_on_instance`, `forward_hooks_present`), over the whole model once per run."""
     from .modeling_glm import GLMMLP, GLMAttention, GLMBlock  # the module that uses this one
 
     if not (isinstance(model.layers, nn.ModuleList) and own_code(nn.Linear) and own_code(nn.LayerNorm)):
@@ -136,6 +151,7 @@ def direct_layers_apply(model: GLMModel) -> bool:
             and all(plain_leaf(norm, nn.LayerNorm, norm_classes) for norm in norms)
             and isinstance(activation, nn.Module)
             and own_code(type(activation))
+            and all(own_callable(value) for value in vars(activation).values() if callable(value))
             and not any(module.training for module in (block, attention, mlp, activation))
         ):
             return False
