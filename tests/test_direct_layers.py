@@ -225,6 +225,7 @@ MODULE_CASES: dict[str, Callable[[torch.nn.Module, pytest.MonkeyPatch], Any]] = 
     "function-activation": lambda model, patch: replace_the_activation_by_a_function(model),
     "steering-activation-module": lambda model, patch: use_a_steering_activation(model),
     "steering-activation-function": lambda model, patch: steer_from_the_activation_function(model),
+    "steering-activation-submodule": lambda model, patch: steer_from_an_activation_submodule(model),
     "hooked-blocks-in-a-list": lambda model, patch: hook_blocks_held_in_a_list(model),
 }
 CHANGED_TOKENS = {
@@ -238,6 +239,7 @@ CHANGED_TOKENS = {
     "steering-attention-function",
     "steering-activation-module",
     "steering-activation-function",
+    "steering-activation-submodule",
     "hooked-blocks-in-a-list",
 }
 
@@ -302,6 +304,12 @@ def steer_from_the_activation_function(model: torch.nn.Module) -> None:
         return gelu(hidden)
 
     activation.act = steering_gelu
+
+
+def steer_from_an_activation_submodule(model: torch.nn.Module) -> None:
+    """The steering activation as the submodule that transformers' activation module calls (`GELUTanh.act`, a
+    module assigned on the instance, kept among its submodules)."""
+    model.glm.layers[0].mlp.act_fn.act = SteeringActivation(model).eval()
 
 
 def hook_blocks_held_in_a_list(model: torch.nn.Module) -> None:

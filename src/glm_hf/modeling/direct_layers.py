@@ -90,6 +90,12 @@ def own_callable(value: Any) -> bool:
     return code is not None and own_file(code.co_filename)
 
 
+def own_activation_part(module: nn.Module) -> bool:
+    """Whether `module`, the activation or a submodule of it, is of torch's, transformers' or GLM's own class and
+    holds no function of anyone else's (`own_callable`): what the activation's forward calls."""
+    return own_code(type(module)) and all(own_callable(value) for value in vars(module).values() if callable(value))
+
+
 # The calls of GLM's own classes where they are defined (`remember_calls`): one patched or overridden since, even with
 # GLM's own code, runs as modules.
 ORIGINAL_CALLS: dict[type, tuple[Any, ...]] = {}
@@ -127,9 +133,10 @@ def direct_layers_apply(model: GLMModel) -> bool:
     """Whether `DirectLayers` makes exactly the calls of every block's modules: blocks in a `nn.ModuleList` (where
     the model-wide checks of hooks and patches see them); GLM's own block, attention and MLP classes, calling as
     defined; leaves of `nn.Linear` and `nn.LayerNorm` (not PEFT's, bitsandbytes' or any other layer's) and an
-    activation module of torch's or transformers' own code, holding no function of anyone else's (`own_callable`);
-    all in eval mode (no dropout anywhere), none parametrized. Patches on instances and hooks are the caller's
-    checks (`patched_on_instance`, `forward_hooks_present`), over the whole model once per run."""
+    activation module of torch's or transformers' own code, holding no function or submodule of anyone else's
+    (`own_activation_part`); all in eval mode (no dropout anywhere), none parametrized. Patches on instances and
+    hooks are the caller's checks (`patched_on_instance`, `forward_hooks_present`), over the whole model once
+    per run."""
     from .modeling_glm import GLMMLP, GLMAttention, GLMBlock  # the module that uses this one
 
     if not (isinstance(model.layers, nn.ModuleList) and own_code(nn.Linear) and own_code(nn.LayerNorm)):
@@ -150,8 +157,7 @@ def direct_layers_apply(model: GLMModel) -> bool:
             all(plain_leaf(linear, nn.Linear, linear_classes) for linear in linears)
             and all(plain_leaf(norm, nn.LayerNorm, norm_classes) for norm in norms)
             and isinstance(activation, nn.Module)
-            and own_code(type(activation))
-            and all(own_callable(value) for value in vars(activation).values() if callable(value))
+            and all(map(own_activation_part, activation.modules()))
             and not any(module.training for module in (block, attention, mlp, activation))
         ):
             return False
