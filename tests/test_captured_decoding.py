@@ -401,6 +401,21 @@ def test_quantized_or_offloaded_models_are_not_captured() -> None:
     assert not captured_decoding.graph_capture_supported(model)
 
 
+def test_a_model_offloaded_by_accelerates_hooks_decodes_on_a_static_cache_as_in_memory() -> None:
+    """Weights that accelerate's `cpu_offload` keeps on `meta` (moved in at each forward) leave no device for the
+    step's fixed buffers nor for autocast's state: a static-cache run takes transformers' loop, with the tokens of
+    the same model in memory (it crashed reading autocast's state for `meta`, then copying out of meta buffers)."""
+    from accelerate import cpu_offload
+
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    options = {"cache_implementation": "static", **GREEDY}
+    expected = tiny_model().generate(**inputs, **options).tolist()
+    offloaded = cpu_offload(tiny_model(), execution_device=torch.device("cpu"))
+    assert offloaded.device.type == "meta"
+    assert offloaded.generate(**inputs, **options).tolist() == expected
+    assert len(offloaded.decode_steps) == 0
+
+
 def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch, caplog) -> None:
     """Capture refused (as CUDA refuses a host read during capture): the run goes on eagerly, same tokens, and says
     why once."""
@@ -552,7 +567,7 @@ def test_a_run_under_autocast_neither_replays_nor_captures_its_step(monkeypatch)
         expected = with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, **options)).tolist()
         assert model.generate(**inputs, **options).tolist() == expected
         assert step.graph.replays == replays
-        assert model.kept_static_cache[4] == torch.bfloat16
+        assert model.kept_static_cache[4] == (torch.bfloat16,)  # autocast_dtypes
         cache = model.kept_static_cache[-1]
         assert cache.layers[0].keys.dtype == torch.bfloat16
         autocast_step = model.decode_steps[cache]

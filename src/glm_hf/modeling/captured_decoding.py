@@ -66,11 +66,13 @@ def static_cache_loop_applies(
     synced_gpus: bool,
 ) -> bool:
     """Whether this greedy / sampling run takes the loop here: a static cache that stays where it is (an offloading
-    one moves every layer off the device and back in each forward: no fixed buffers for a graph), and nothing that
+    one moves every layer off the device and back in each forward: no fixed buffers for a graph), weights on a
+    device (not on `meta`, offloaded by accelerate's hooks: the step's buffers would have no data), and nothing that
     needs transformers' loop (per-step attentions or hidden states, synced GPUs, an assistant's run, PEFT's own
     per-step inputs)."""
     return (
         cache is not None
+        and model.device.type != "meta"
         and cache.is_compileable
         and not getattr(cache, "offloading", False)
         and model_kwargs.get("position_ids") is not None
@@ -259,6 +261,14 @@ class CapturedDecodeStep:
             return
         self.graph = graph
         graph.replay()
+
+
+def autocast_dtypes(device: torch.device) -> tuple[torch.dtype | None, ...]:
+    """The dtype autocast computes in on the device's type (None where it is off): the dtype of the keys a run
+    writes. Weights on a device autocast does not know (`meta`: offloaded, moved in at each forward) compute
+    elsewhere: then on the CPU and CUDA both."""
+    kinds = (device.type,) if torch.amp.is_autocast_available(device.type) else ("cpu", "cuda")
+    return tuple(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None for kind in kinds)
 
 
 def graph_capture_supported(model: nn.Module) -> bool:

@@ -43,6 +43,7 @@ from transformers.utils import logging
 
 from .captured_decoding import (
     DecodeSteps,
+    autocast_dtypes,
     decode_on_static_cache,
     graph_capture_supported,
     static_cache_loop_applies,
@@ -1060,6 +1061,10 @@ def glm_generation_config(config: GLMConfig) -> GenerationConfig:
     return generation_config
 
 
+# `GLMForConditionalGeneration.kept_static_cache`: the key it was made for, then the cache.
+KeptStaticCache = tuple[int, torch.dtype, torch.device, bool, tuple[torch.dtype | None, ...], StaticCache]
+
+
 class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
     """GLM with its LM head (tied to the word embeddings): blank infilling, scoring and `generate()`."""
 
@@ -1073,8 +1078,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self._keys_to_ignore_on_save = tied_head_keys(config)
         self.generation_lock = GenerationLock()
         # The static cache of generate()'s own static runs, kept for the next run that fits: (batch, dtype, device,
-        # whether made in inference mode, autocast's dtype or None, cache).
-        self.kept_static_cache: tuple[int, torch.dtype, torch.device, bool, torch.dtype | None, StaticCache] | None
+        # whether made in inference mode, `autocast_dtypes`, cache).
+        self.kept_static_cache: KeptStaticCache | None
         self.kept_static_cache = None
         self.decode_steps = DecodeSteps()  # captured decode steps, by cache (`captured_decoding`)
         self.post_init()
@@ -1454,9 +1459,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         the kept one."""
         if self.glm.run_flags.nested:
             return StaticCache(config=self.config, max_cache_len=max_cache_length)
-        device_type = self.device.type
-        autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        key = (batch_size, self.dtype, self.device, torch.is_inference_mode_enabled(), autocast)
+        key = (batch_size, self.dtype, self.device, torch.is_inference_mode_enabled(), autocast_dtypes(self.device))
         if self.kept_static_cache is not None:
             *kept_key, cache = self.kept_static_cache
             if tuple(kept_key) == key and cache.get_max_length() >= max_cache_length:
