@@ -228,6 +228,20 @@ def test_runs_alternating_between_two_adapters_replay_a_graph_each(monkeypatch) 
     assert len(captures) == 2
 
 
+@pytest.mark.parametrize("method", sorted(PROMPT_METHODS))
+def test_prompt_learning_generates_on_a_static_cache_as_on_the_dynamic_one(method: str) -> None:
+    """Prompt tuning and P-Tuning prepend their n virtual columns to the prompt, so the static cache that
+    `cache_implementation="static"` asks for must hold n columns more than the sequence: sized for the sequence
+    alone, the last n steps wrote past its end (IndexError from the cache's index_copy_)."""
+    model = get_peft_model(tiny_model(), PROMPT_METHODS[method]()).eval()
+    batch = padded_blank_batch()
+    settings = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+    with torch.no_grad():
+        dynamic = model.generate(**batch, **settings)
+        static = model.generate(**batch, cache_implementation="static", **settings)
+    assert static.tolist() == dynamic.tolist()
+
+
 def test_lora_training_save_reload_and_merge_give_the_same_logits(tmp_path) -> None:
     batch = padded_blank_batch()
     labels = batch["input_ids"].clone()

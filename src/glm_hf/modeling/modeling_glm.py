@@ -1383,6 +1383,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 )
             drafts = generation_config.prompt_lookup_num_tokens or 0
             max_cache_length += drafts
+        max_cache_length += self._prepended_virtual_tokens()
         self.glm.run_flags.positions_prechecked = self._generation_positions_fit(model_kwargs, max_cache_length)
         given = resolve_cache_argument(model_kwargs.get("past_key_values"), model_kwargs.get("cache"))
         if getattr(given, "filled_by_fill_blanks", False):
@@ -1427,6 +1428,18 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                 model_kwargs.get("prefix_length"),
                 self.glm.run_flags.held_positions,
             )
+
+    def _prepended_virtual_tokens(self) -> int:
+        """The columns that PEFT's prompt tuning / P-Tuning prepends to this run's prompt (its
+        `prepare_inputs_for_generation`, a method of the PEFT model, is set on this model for the run), which the
+        cache holds besides the sequence's; 0 without them (prefix tuning's columns come in a cache of PEFT's)."""
+        peft_model = getattr(vars(self).get("prepare_inputs_for_generation"), "__self__", None)
+        peft_config = getattr(peft_model, "active_peft_config", None)
+        if not getattr(peft_config, "is_prompt_learning", False):
+            return 0
+        if str(getattr(peft_config.peft_type, "value", peft_config.peft_type)) in ("PREFIX_TUNING", "CARTRIDGE"):
+            return 0
+        return int(peft_config.num_virtual_tokens)
 
     def _keeps_static_cache(self, generation_config: GenerationConfig, generation_mode: Any) -> bool:
         """Whether generate() runs on a static cache that it keeps for the next run (with its captured decode step):
