@@ -19,9 +19,11 @@ log() { if [[ -n "$out" ]]; then tee "$out/$1"; else cat; fi; }
 'transformers', transformers.__version__)"
 "$python" benchmarks/bench_gpu.py --output benchmarks/RESULTS.md 2>&1 | log bench_gpu.log | grep -v '^\[transformers\]'
 if [[ -n "$out" ]]; then cp benchmarks/RESULTS.md "$out/RESULTS.md"; fi
-# The tests that skip or branch on CUDA (grep the tests for `cuda`): test_cuda.py, and those of the other files.
+# The tests that skip or branch on CUDA (grep the tests for `cuda`): test_cuda.py, and those of the other files;
+# `glm-hf infill` with no --device runs on the GPU where there is one: its stderr must stay clean there too.
 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_scale.py tests/test_attention_backends.py \
     tests/test_infilling.py::test_cli_infill_runs_on_the_device_and_dtype_asked_for \
+    tests/test_infilling.py::test_commands_on_small_models_print_no_progress_bars_or_false_warnings \
     tests/test_infilling.py::test_cli_infill_refuses_bad_options_before_loading_a_model \
     tests/test_chatglm_chat.py::test_bitsandbytes_quantized_chatglm_generates \
     2>&1 | log cuda_tests.log | tail -15
