@@ -388,6 +388,40 @@ def test_streamed_tokens_are_those_of_transformers_loop(monkeypatch, loop_calls)
     assert sum(ours.chunks[1:], []) == tokens[0, inputs["input_ids"].shape[1] :].tolist()
 
 
+class StopOnceStreamed(StoppingCriteria):
+    """Stops every row once `streamer` has been handed `tokens` new tokens: a criterion that reads what was shown
+    (a chat UI that stops on the streamed text, a cancel button)."""
+
+    def __init__(self, streamer: TokenRecorder, tokens: int) -> None:
+        self.streamer, self.tokens = streamer, tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        streamed = len(self.streamer.chunks) - 1  # the prompt comes first
+        return torch.full((input_ids.shape[0],), streamed >= self.tokens, dtype=torch.bool, device=input_ids.device)
+
+
+def test_stopping_criteria_see_the_streamer_as_in_transformers_loop(monkeypatch, loop_calls) -> None:
+    """transformers' loop asks the stopping criteria before it streams the new token: a criterion that reads what
+    the streamer was handed sees the tokens before this one, and the run ends one token later than a loop that
+    streams first would end it."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    ours, theirs = TokenRecorder(), TokenRecorder()
+    options = {"cache_implementation": "static", "max_new_tokens": 10, "do_sample": False}
+    tokens = model.generate(
+        **inputs, streamer=ours, stopping_criteria=StoppingCriteriaList([StopOnceStreamed(ours, 3)]), **options
+    )
+    expected = with_transformers_loop(
+        monkeypatch,
+        lambda: model.generate(
+            **inputs, streamer=theirs, stopping_criteria=StoppingCriteriaList([StopOnceStreamed(theirs, 3)]), **options
+        ),
+    )
+    assert len(loop_calls) == 1
+    assert tokens.tolist() == expected.tolist()
+    assert ours.chunks == theirs.chunks
+
+
 def test_quantized_or_offloaded_models_are_not_captured() -> None:
     """Quantized weights (kernels that may not be capturable) and weights a device map offloads (moved in at every
     forward) keep the step eager, and keep the CUDA default on the dynamic cache."""

@@ -502,9 +502,9 @@ def decode_on_static_cache(
         if has_eos_stopping_criteria:
             next_tokens = next_tokens * unfinished_sequences + pad_token_id * (1 - unfinished_sequences)
         input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-        if streamer is not None:
-            streamer.put(next_tokens.cpu())
         unfinished_sequences = unfinished_sequences & ~stopping_criteria(input_ids, scores)
+        if streamer is not None:  # after the stopping criteria, as transformers' loop streams (they may read it)
+            streamer.put(next_tokens.cpu())
         if stop.finished(unfinished_sequences):
             undo = 1 if stop.deferred else 0  # every row had finished a step ago: this token is one too many
             break
