@@ -323,6 +323,7 @@ def test_a_step_reads_nothing_back_to_the_host() -> None:
     step = model.decode_steps[model.kept_static_cache[-1]]
     model.glm.run_flags.begin()  # a generate() run in this thread, which checks the positions once up front
     model.glm.run_flags.positions_prechecked = True
+    model.glm.run_flags.run_cache = model.kept_static_cache[-1]  # for its forwards on its cache
     with HostReads() as reads:
         step(torch.tensor([7, 8]))
     assert reads.calls == []

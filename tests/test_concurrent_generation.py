@@ -103,6 +103,31 @@ def test_a_forward_in_another_thread_during_a_run_checks_its_own_positions() -> 
     assert model.glm.run_flags.thread is None and model.glm.run_flags.positions_prechecked is False  # none after it
 
 
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+def test_a_forward_of_the_callers_code_during_a_run_checks_its_own_positions(cache_implementation: str | None) -> None:
+    """The run's up-front position check covers its own columns, not those of a forward that the caller's code
+    (a logits processor scoring with the same model, or a task head sharing its backbone) runs in the run's thread:
+    that forward still gets the clear error for a position past the tables (before: it skipped the check, an
+    `IndexError` from the table on the CPU, a device-side assert on CUDA)."""
+    model = tiny_model()
+    too_far = torch.tensor([[model.config.max_position_embeddings]])
+    errors: list[Exception] = []
+
+    def forward_in_the_run() -> None:
+        for use_cache in (True, False):
+            with pytest.raises(ValueError, match="past the 65 rows of the position tables") as error:
+                model(input_ids=torch.tensor([[7]]), position_ids=too_far, use_cache=use_cache)
+            errors.append(error.value)
+
+    model.generate(
+        **blank_inputs(batch_size=1, part_b=1),
+        logits_processor=LogitsProcessorList([CallDuringRun(forward_in_the_run)]),
+        cache_implementation=cache_implementation,
+        max_new_tokens=2,
+    )
+    assert len(errors) == 2
+
+
 def test_a_compiled_forward_is_not_recompiled_when_a_run_begins_or_ends() -> None:
     """Compiled code reads no run flags (they have no effect there): the forward compiled outside a run serves the
     run's decode-shaped calls and those after it with the same graph."""

@@ -103,6 +103,7 @@ def test_a_decode_forward_runs_on_the_meta_device(static: bool) -> None:
     cache = StaticCache(config=model.config, max_cache_len=16) if static else DynamicCache(config=model.config)
     model.glm.run_flags.begin()  # a generate() run in this thread, which checks the positions once up front
     model.glm.run_flags.positions_prechecked = True
+    model.glm.run_flags.run_cache = cache  # for its forwards on its cache
     model(**inputs, past_key_values=cache, use_cache=True)
     step = {
         "input_ids": torch.zeros(2, 1, dtype=torch.long, device="meta"),

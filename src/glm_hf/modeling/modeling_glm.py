@@ -680,9 +680,11 @@ class GenerationRunFlags:
 
     def _set_defaults(self) -> None:
         self.thread: int | None = None  # the thread whose run set them; None between runs
-        # Every position id the run can reach fits the tables (checked once up front): forwards skip their per-call
-        # range check, a host-device sync.
+        # Every position id the run can reach fits the tables (checked once up front): forwards on the run's cache
+        # (`run_cache`) skip their per-call range check, a host-device sync. A forward of the caller's code in this
+        # thread (a logits processor scoring with the model, a task head sharing the backbone) has other positions.
         self.positions_prechecked = False
+        self.run_cache: Cache | None = None
         # Decode steps on a static cache of generate()'s own (the kept one: shapes fixed across steps and runs):
         # their attention may take cuDNN (`attention_backends`). A caller's cache, whose shapes change from call to
         # call (fill_blanks makes one per batch), keeps cuDNN out: its first plan for a new shape is slow.
@@ -850,7 +852,8 @@ class GLMModel(GLMPreTrainedModel):
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
         if self.embed_positions is not None:
-            if not run_flags.positions_prechecked:
+            on_run_cache = past_key_values is not None and past_key_values is run_flags.run_cache
+            if not (on_run_cache and run_flags.positions_prechecked):
                 self._check_position_range(position_ids, block_position_ids, past_length + query_length)
             hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
         else:  # rotary: the angles of these positions, applied to query and key in every layer
@@ -1420,6 +1423,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if default_cache:
             model_kwargs[cache_key] = GLMDynamicCache(config=self.config)
         cache = model_kwargs.get(cache_key)
+        self.glm.run_flags.run_cache = cache  # the cache of the forwards that `positions_prechecked` covers
         if cache is not None and model_kwargs.get("position_ids") is not None:
             # Kept with the cache, so that a later generate() from it continues this run's positions.
             cache.glm_generation_run = GLMGenerationRun(
