@@ -282,6 +282,33 @@ def test_a_step_is_rebuilt_when_the_weights_move() -> None:
     assert copy.deepcopy(model).decode_steps.get(model.kept_static_cache[-1]) is None
 
 
+@pytest.mark.parametrize("move", ["dtype", "device"])
+def test_moving_the_weights_frees_the_kept_cache_and_steps(move: str) -> None:
+    """A cast or a move of the weights (`.double()`, `.to(device)`, `to_empty`) frees the kept static cache and the
+    decode steps (their buffers and, on CUDA, the graph's memory): none can serve the moved weights, and a run that
+    does not take the static cache (the CPU default after `model.cpu()`) would never replace them. Before, a model
+    moved off a GPU kept its cache and captured graph there. A `.to()` that changes nothing keeps both."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=1, part_b=1)
+    expected = model.generate(**inputs, **GREEDY).tolist()
+    model.generate(**inputs, cache_implementation="static", **GREEDY)
+    cache = model.kept_static_cache[-1]
+    step = weakref.ref(model.decode_steps[cache])
+    model.to("cpu", torch.float32)
+    assert model.kept_static_cache[-1] is cache and model.decode_steps[cache] is step()
+    freed = weakref.ref(cache)
+    del cache
+    if move == "dtype":
+        model.double()
+    else:
+        model.to("meta")
+    gc.collect()
+    assert freed() is None and step() is None and len(model.decode_steps) == 0
+    model.to_empty(device="cpu") if move == "device" else model.float()
+    model.load_state_dict(tiny_model().state_dict())
+    assert model.generate(**inputs, cache_implementation="static", **GREEDY).tolist() == expected
+
+
 def test_runs_that_need_transformers_loop_take_it(loop_calls) -> None:
     """Beams, per-step hidden states, no cache and the dynamic cache (the CPU default) keep transformers' loop."""
     model = tiny_model()

@@ -46,6 +46,7 @@ from .captured_decoding import (
     autocast_dtypes,
     decode_on_static_cache,
     graph_capture_supported,
+    parameter_pointers,
     static_cache_loop_applies,
 )
 from .chatglm_positions import chatglm_context_lengths, chatglm_position_ids, chatglm_step_position_ids
@@ -1096,6 +1097,19 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         for name in COMPILED_GENERATION_STATE:
             state.pop(name, None)
         return state
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> GLMForConditionalGeneration:
+        """`nn.Module._apply` (under `.to()`, `.half()`, `.cuda()`, `.cpu()`, `to_empty()`, ...); where it moved or
+        cast the weights, generate()'s kept static cache and the decode steps are let go: no step serves moved
+        weights (`CapturedDecodeStep.takes`), and the cache, with the steps' buffers and captured graphs, would
+        otherwise hold memory on the old device until a later static run replaced it (a run that takes no static
+        cache, as the CPU's default, never does)."""
+        weights = parameter_pointers(self)
+        module = super()._apply(fn, *args, **kwargs)
+        if parameter_pointers(self) != weights:
+            self.kept_static_cache = None
+            self.decode_steps = DecodeSteps()
+        return module
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.glm.word_embeddings
