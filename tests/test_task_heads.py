@@ -644,8 +644,8 @@ def test_heads_load_as_remote_code_without_glm_hf(tmp_path):
     by_class = {name.rsplit(".", 1)[-1]: (name, value) for name, value in remote.items()}
     name, scores = by_class["GLMForMultipleChoice"]
     assert name.startswith("transformers_modules.")
-    with torch.no_grad():
-        torch.testing.assert_close(torch.tensor(scores), model(**inputs).logits, atol=1e-6, rtol=0)
+    with torch.no_grad():  # fp32 rounding: the subprocess sums on 1 thread, this one on as many as torch has
+        torch.testing.assert_close(torch.tensor(scores), model(**inputs).logits, atol=1e-5, rtol=0)
     assert torch.tensor(by_class["GLMForSequenceClassification"][1]).shape == (2, 2)  # 2 rows, num_labels 2
 
 
