@@ -100,6 +100,7 @@ def ops_of_one_step(layers: int, width: int) -> int:
         if hasattr(flags, "begin"):
             flags.begin()
         flags.positions_prechecked = True
+        flags.run_cache = cache  # the forwards it covers: those on the run's cache (since a1a5dec)
         with OpCounter() as counter:
             model(**step, past_key_values=cache, use_cache=True)
     return counter.count

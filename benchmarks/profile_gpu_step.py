@@ -106,6 +106,7 @@ def main() -> None:
             flags = model.glm.run_flags
             outside = flags.begin()  # the flags of generate()'s run on its kept cache, given back afterwards
             flags.positions_prechecked = True  # generate() checks the positions once up front
+            flags.run_cache = cache  # (for the forwards on the run's cache)
             flags.fixed_shape_decoding = True  # the kept cache's shapes never change: cuDNN attention, as captured
             try:
                 kernel_table(step, label)
