@@ -61,10 +61,13 @@ def median_seconds(fn: Callable[[], object], device: str, repeats: int, warmup: 
 
 def read_bandwidth(device: str, gib: float = 1.0, repeats: int = 5) -> float:
     """Bytes per second this process reads from memory: the median time to sum a `gib` GiB float32 tensor (one
-    read of every byte; the same threads as the benchmark, measured in its run)."""
+    read of every byte; the same threads as the benchmark, measured in its run). On CUDA each timed call sums it 8
+    times back to back: one sum of 1 GiB takes about 0.25 ms on an H200, to which the launch and the host sync
+    around it would add several percent (a lower bandwidth, every fraction of the bound that much higher)."""
     tensor = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
-    seconds, _ = median_seconds(tensor.sum, device, repeats)
-    return tensor.numel() * tensor.element_size() / seconds
+    reads = 8 if device == "cuda" else 1
+    seconds, _ = median_seconds(lambda: [tensor.sum() for _ in range(reads)], device, repeats)
+    return reads * tensor.numel() * tensor.element_size() / seconds
 
 
 def load_average() -> str:
