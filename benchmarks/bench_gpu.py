@@ -103,14 +103,15 @@ def chatglm_prompt(model: glm_hf.GLMForConditionalGeneration, batch: int, length
 
 def graph_rate(model, replays: int = 64) -> float:
     """Decode steps per second of the kept captured step's graph replayed back to back (no host work between):
-    the device-side speed of a step. Reads past the run's columns, which its cache still has room for."""
+    the device-side speed of a step. Each replay writes the column after the step's last one (its `column` counter,
+    where the last run that decoded left it), so the replays stop at the cache's capacity."""
     if model.kept_static_cache is None:  # the CPU default: the dynamic cache
         return float("nan")
     cache = model.kept_static_cache[-1]
     step = model.decode_steps.get(cache)
     if step is None or step.graph is None:
         return float("nan")
-    replays = min(replays, cache.get_max_length() - int(cache.get_seq_length()) - 1)
+    replays = min(replays, cache.get_max_length() - int(step.column))
     synchronize(str(model.device.type))
     start = time.perf_counter()
     for _ in range(replays):
