@@ -30,6 +30,7 @@ runs every target on tiny shapes on the CPU (to check the script itself before a
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -186,6 +187,9 @@ class Run:
             signal.alarm(0)
         print(line, flush=True)
         self.lines.append(line)
+        # The target's model is in a reference cycle (its decode steps hold it): collected only by the cyclic GC, which
+        # must run before the allocator can give its weights, kept static cache and graph pools back.
+        gc.collect()
         torch.cuda.empty_cache() if self.device == "cuda" else None
 
     def fraction(self, model, rate: float) -> float:
