@@ -767,6 +767,30 @@ def test_a_steps_captured_settings_keep_no_cache_alive(monkeypatch) -> None:
     assert freed() is None and len(model.decode_steps) == 0
 
 
+@pytest.mark.parametrize("step", ["eager", "compiled", "captured"])
+def test_a_model_that_decoded_on_a_static_cache_is_freed_when_let_go(monkeypatch, step: str) -> None:
+    """`del model` frees it (its weights, kept cache and steps: on CUDA their GPU memory) at once, without waiting
+    for the garbage collector: its decode steps, which it keeps, hold it only weakly (a strong reference made a
+    cycle, so `del model; torch.cuda.empty_cache()` gave no memory back)."""
+    model = tiny_model()
+    options: dict[str, Any] = {"cache_implementation": "static", **blank_inputs(batch_size=1, part_b=1), **GREEDY}
+    if step == "compiled":
+        options["compile_config"] = CompileConfig(fullgraph=True, dynamic=False, backend="eager")
+        options["compile_config"]._compile_all_devices = True
+    if step == "captured":
+        captured_step(model, monkeypatch, **options)
+    else:
+        model.generate(**options)
+    assert len(model.decode_steps) == 1
+    freed = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert freed() is None
+    finally:
+        gc.enable()
+
+
 def test_a_run_after_a_change_builds_a_new_step_and_replays_no_graph(monkeypatch) -> None:
     """The run after such a change decodes on a step of its own (eager on the CPU), with the tokens of the model as
     it is now; the captured graph is not replayed."""

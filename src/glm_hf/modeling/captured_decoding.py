@@ -125,7 +125,9 @@ class CapturedDecodeStep:
         forward: Any,
     ) -> None:
         device = model.device
-        self.model = model
+        # Weakly: the model keeps its steps, so a strong reference would make a cycle that only the garbage
+        # collector frees (with the weights, the cache and the graph's memory: `del model` would free no GPU memory).
+        self.model_ref = weakref.ref(model)
         self.cache = weakref.ref(cache)  # the model keeps its steps by cache: a strong reference would keep both
         self.forward = forward
         self.tokens = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
@@ -143,6 +145,13 @@ class CapturedDecodeStep:
         self.warmup_left = COMPILED_WARMUP_STEPS if forward is not last_column_logits else WARMUP_STEPS
         self.parameter_pointers = parameter_pointers(model)
         self.inference_mode = torch.is_inference_mode_enabled()  # its buffers can only be written in the same mode
+
+    @property
+    def model(self) -> GLMForConditionalGeneration:
+        model = self.model_ref()
+        if model is None:
+            raise ReferenceError("The model of this decode step is gone.")
+        return model
 
     def fits(
         self, batch_size: int, has_blocks: bool, has_mask: bool, forward: Any, model: GLMForConditionalGeneration
