@@ -94,6 +94,19 @@ def test_decode_steps_read_nothing_back_to_the_host(cache_implementation: str | 
     assert "__int__" in reads.calls
 
 
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_steps_of_a_run_without_a_cache_read_nothing_back_to_the_host(num_beams: int) -> None:
+    """A run with `use_cache=False` feeds the whole sequence at every step, with no cache: the position check
+    done once up front covers those forwards too (before: only forwards on the run's cache skipped the per-call
+    check, so every step of such a run did a host sync)."""
+    model = tiny_model()
+    log: list[tuple[str, list[str]]] = []
+    record_host_reads(model, "forward", log)
+    model.generate(**left_padded_prompts(), use_cache=False, num_beams=num_beams, **GREEDY)
+    assert len(log) == GREEDY["max_new_tokens"]
+    assert [calls for _, calls in log if calls] == []
+
+
 @pytest.mark.parametrize("static", [False, True])
 def test_a_decode_forward_runs_on_the_meta_device(static: bool) -> None:
     """Meta tensors have no values: a decode step that ran without reading one cannot have synced."""

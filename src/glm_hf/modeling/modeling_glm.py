@@ -684,6 +684,7 @@ class GenerationRunFlags:
         # Every position id the run can reach fits the tables (checked once up front): forwards on the run's cache
         # (`run_cache`) skip their per-call range check, a host-device sync. A forward of the caller's code in this
         # thread (a logits processor scoring with the model, a task head sharing the backbone) has other positions.
+        # A run without a cache (use_cache=False) has None here: its forwards without a cache skip the check.
         self.positions_prechecked = False
         self.run_cache: Cache | None = None
         # Decode steps on a static cache of generate()'s own (the kept one: shapes fixed across steps and runs):
@@ -853,7 +854,8 @@ class GLMModel(GLMPreTrainedModel):
             position_ids, block_position_ids, cache_position, batch_size, attention_mask
         )
         if self.embed_positions is not None:
-            on_run_cache = past_key_values is not None and past_key_values is run_flags.run_cache
+            # On the run's cache; in a run without one (use_cache=False), a forward without one too.
+            on_run_cache = past_key_values is run_flags.run_cache
             if not (on_run_cache and run_flags.positions_prechecked):
                 self._check_position_range(position_ids, block_position_ids, past_length + query_length)
             hidden_states = inputs_embeds + self.embed_positions(position_ids, block_position_ids)
