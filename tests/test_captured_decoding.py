@@ -878,3 +878,23 @@ def test_per_step_outputs_keep_the_cuda_default_on_the_dynamic_cache(monkeypatch
     assert not model._keeps_static_cache(config, greedy)
     config.cache_implementation = "static"  # asked for: transformers' loop on it, as transformers runs it
     assert model._keeps_static_cache(config, greedy)
+
+
+def test_synced_gpus_keep_the_cuda_default_on_the_dynamic_cache(monkeypatch) -> None:
+    """A run with `synced_gpus` (given, or set by transformers under DeepSpeed ZeRO-3 / FSDP) takes transformers'
+    loop, which on the kept static cache would compile its forward: the CUDA default then runs on the dynamic cache,
+    as without a GPU (before, it decided for the kept cache, and transformers compiled the model's forward)."""
+    model = tiny_model()
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
+    config = copy.deepcopy(model.generation_config)
+    flags = model.glm.run_flags
+    outer = flags.begin()  # a generate() run, which resolves synced_gpus before it prepares the cache
+    try:
+        for synced_gpus in (False, True):
+            model._extract_generation_mode_kwargs(None, {}, synced_gpus, None, None)
+            assert model._keeps_static_cache(config, greedy) is not synced_gpus
+        config.cache_implementation = "static"  # asked for: transformers' loop on it, as transformers runs it
+        assert model._keeps_static_cache(config, greedy)
+    finally:
+        flags.restore(outer)

@@ -345,6 +345,14 @@ PRIVATE_HOOKS = {
     "_update_model_kwargs_for_generation": ["self", "outputs", "model_kwargs", "is_encoder_decoder", "num_new_tokens"],
     "_prepare_attention_mask_for_generation": ["self", "inputs_tensor", "generation_config", "model_kwargs"],
     "_prefill": ["self", "input_ids", "generation_config", "model_kwargs", "is_first_iteration"],
+    "_extract_generation_mode_kwargs": [
+        "self",
+        "custom_generate",
+        "kwargs",
+        "synced_gpus",
+        "assistant_model",
+        "streamer",
+    ],
     "_sample": [
         "self",
         "input_ids",

@@ -712,6 +712,8 @@ class GenerationRunFlags:
         self.forward_hooks = False
         # The run's forwards call the blocks' weights directly (`direct_layers`): set where that changes nothing.
         self.direct_layers: DirectLayers | None = None
+        # The run keeps its forwards in step with other processes (`synced_gpus`, as transformers resolved it).
+        self.synced_gpus = False
 
     def for_this_thread(self) -> GenerationRunFlags:
         """These flags in the thread of their run, else `NO_RUN_FLAGS`; `NO_RUN_FLAGS` in compiled code too, where
@@ -1232,6 +1234,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             finally:
                 flags.restore(outer_run)
 
+    def _extract_generation_mode_kwargs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """transformers' own, which also resolves `synced_gpus` (DeepSpeed ZeRO-3, FSDP): recorded in the run's flags
+        for `_keeps_static_cache`."""
+        mode_kwargs = super()._extract_generation_mode_kwargs(*args, **kwargs)
+        self.glm.run_flags.synced_gpus = bool(mode_kwargs.get("synced_gpus"))
+        return mode_kwargs
+
     def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
         """The one-token prompt `generate()` starts from when given no input: [bos] per row (rows as many as a
         given tensor has, else 1), so that it gets a prompt's positions; None without a bos id (transformers then
@@ -1466,14 +1475,17 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         greedy or sampling runs that do not return their cache, on CUDA by default (no flag: the step is captured,
         not compiled) unless a forward hook is set (a replayed graph runs no Python: the hook would see only the
         steps before the capture), autocast is on (a graph would hold casts that autocast frees) or per-step
-        attentions or hidden states are asked for (transformers' loop runs then: on a static cache it would compile
-        its forward), anywhere with `cache_implementation="static"` (compiled where transformers compiles)."""
+        attentions or hidden states or synced GPUs are asked for (transformers' loop runs then: on a static cache it
+        would compile its forward), anywhere with `cache_implementation="static"` (compiled where transformers
+        compiles)."""
         if generation_config.cache_implementation is None:
             if self.device.type != "cuda" or not graph_capture_supported(self) or forward_hooks_present(self):
                 return False
             if torch.is_autocast_enabled("cuda"):
                 return False
             if generation_config.output_attentions or generation_config.output_hidden_states:
+                return False
+            if self.glm.run_flags.synced_gpus:  # transformers' loop too, which would compile its forward
                 return False
         elif generation_config.cache_implementation != "static":
             return False
