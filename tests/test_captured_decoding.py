@@ -898,3 +898,22 @@ def test_synced_gpus_keep_the_cuda_default_on_the_dynamic_cache(monkeypatch) -> 
         assert model._keeps_static_cache(config, greedy)
     finally:
         flags.restore(outer)
+
+
+def test_a_custom_generate_loop_gets_the_cache_of_the_cpu_default(monkeypatch) -> None:
+    """A `custom_generate` loop (a callable, or a Hub repository's, which calls generate() with its own) decodes
+    without GLM's captured step: on CUDA the default gives it the dynamic cache it gets without a GPU (before, it got
+    the kept static cache: a loop using the dynamic cache's methods failed on CUDA only, and one copying
+    transformers' `_sample` compiled the forward on it)."""
+    model = tiny_model()
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
+    config = copy.deepcopy(model.generation_config)
+    flags = model.glm.run_flags
+    outer = flags.begin()  # a generate() run, which reads custom_generate before it prepares the cache
+    try:
+        for custom_generate in (None, lambda model, input_ids, **kwargs: input_ids):
+            model._extract_generation_mode_kwargs(custom_generate, {}, False, None, None)
+            assert model._keeps_static_cache(config, greedy) is (custom_generate is None)
+    finally:
+        flags.restore(outer)

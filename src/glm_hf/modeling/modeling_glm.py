@@ -714,6 +714,8 @@ class GenerationRunFlags:
         self.direct_layers: DirectLayers | None = None
         # The run keeps its forwards in step with other processes (`synced_gpus`, as transformers resolved it).
         self.synced_gpus = False
+        # The run decodes in a caller's loop (`custom_generate`), not in GLM's or transformers' own.
+        self.custom_decoding = False
 
     def for_this_thread(self) -> GenerationRunFlags:
         """These flags in the thread of their run, else `NO_RUN_FLAGS`; `NO_RUN_FLAGS` in compiled code too, where
@@ -1236,9 +1238,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     def _extract_generation_mode_kwargs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """transformers' own, which also resolves `synced_gpus` (DeepSpeed ZeRO-3, FSDP): recorded in the run's flags
-        for `_keeps_static_cache`."""
+        for `_keeps_static_cache`, with whether a `custom_generate` loop decodes (its first argument)."""
         mode_kwargs = super()._extract_generation_mode_kwargs(*args, **kwargs)
         self.glm.run_flags.synced_gpus = bool(mode_kwargs.get("synced_gpus"))
+        self.glm.run_flags.custom_decoding = (args[0] if args else kwargs.get("custom_generate")) is not None
         return mode_kwargs
 
     def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -1476,7 +1479,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         not compiled) unless a forward hook is set (a replayed graph runs no Python: the hook would see only the
         steps before the capture), autocast is on (a graph would hold casts that autocast frees) or per-step
         attentions or hidden states or synced GPUs are asked for (transformers' loop runs then: on a static cache it
-        would compile its forward), anywhere with `cache_implementation="static"` (compiled where transformers
+        would compile its forward) or a `custom_generate` loop decodes (no captured step: it gets the dynamic cache
+        it gets without a GPU), anywhere with `cache_implementation="static"` (compiled where transformers
         compiles)."""
         if generation_config.cache_implementation is None:
             if self.device.type != "cuda" or not graph_capture_supported(self) or forward_hooks_present(self):
@@ -1486,6 +1490,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             if generation_config.output_attentions or generation_config.output_hidden_states:
                 return False
             if self.glm.run_flags.synced_gpus:  # transformers' loop too, which would compile its forward
+                return False
+            if self.glm.run_flags.custom_decoding:  # a loop of the caller's: no captured step, the cache it expects
                 return False
         elif generation_config.cache_implementation != "static":
             return False
