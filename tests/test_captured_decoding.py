@@ -917,3 +917,27 @@ def test_a_custom_generate_loop_gets_the_cache_of_the_cpu_default(monkeypatch) -
             assert model._keeps_static_cache(config, greedy) is (custom_generate is None)
     finally:
         flags.restore(outer)
+
+
+def test_a_nested_run_keeps_the_cuda_default_on_the_dynamic_cache(monkeypatch) -> None:
+    """A run nested in another (a logits processor or stopping criterion generating with the same model) cannot
+    take the kept cache, on which the outer run decodes: on CUDA the default runs it on the dynamic cache, as
+    without a GPU (before, each nested run made a static cache of its own, dropped after the run, and captured a
+    decode step on it: a capture per outer step, about 0.5 s each for glm-2b)."""
+    model = tiny_model()
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
+    config = copy.deepcopy(model.generation_config)
+    flags = model.glm.run_flags
+    outer = flags.begin()
+    try:
+        assert model._keeps_static_cache(config, greedy)
+        nested = flags.begin()
+        try:
+            assert flags.nested and not model._keeps_static_cache(config, greedy)
+            config.cache_implementation = "static"  # asked for: a static cache of its own, as before
+            assert model._keeps_static_cache(config, greedy)
+        finally:
+            flags.restore(nested)
+    finally:
+        flags.restore(outer)

@@ -1480,8 +1480,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         steps before the capture), autocast is on (a graph would hold casts that autocast frees) or per-step
         attentions or hidden states or synced GPUs are asked for (transformers' loop runs then: on a static cache it
         would compile its forward) or a `custom_generate` loop decodes (no captured step: it gets the dynamic cache
-        it gets without a GPU), anywhere with `cache_implementation="static"` (compiled where transformers
-        compiles)."""
+        it gets without a GPU) or the run is nested in another (a logits processor's: a cache of its own per run, so
+        a captured step would serve no other run), anywhere with `cache_implementation="static"` (compiled where
+        transformers compiles)."""
         if generation_config.cache_implementation is None:
             if self.device.type != "cuda" or not graph_capture_supported(self) or forward_hooks_present(self):
                 return False
@@ -1492,6 +1493,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             if self.glm.run_flags.synced_gpus:  # transformers' loop too, which would compile its forward
                 return False
             if self.glm.run_flags.custom_decoding:  # a loop of the caller's: no captured step, the cache it expects
+                return False
+            if self.glm.run_flags.nested:  # its own cache, dropped after the run: a capture would serve no other
                 return False
         elif generation_config.cache_implementation != "static":
             return False
