@@ -1236,12 +1236,21 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             finally:
                 flags.restore(outer_run)
 
-    def _extract_generation_mode_kwargs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _extract_generation_mode_kwargs(
+        self,
+        custom_generate: Any,
+        kwargs: dict[str, Any],
+        synced_gpus: bool | None,
+        assistant_model: Any,
+        streamer: Any,
+    ) -> dict[str, Any]:
         """transformers' own, which also resolves `synced_gpus` (DeepSpeed ZeRO-3, FSDP): recorded in the run's flags
-        for `_keeps_static_cache`, with whether a `custom_generate` loop decodes (its first argument)."""
-        mode_kwargs = super()._extract_generation_mode_kwargs(*args, **kwargs)
+        for `_keeps_static_cache`, with whether a `custom_generate` loop decodes."""
+        mode_kwargs = super()._extract_generation_mode_kwargs(
+            custom_generate, kwargs, synced_gpus, assistant_model, streamer
+        )
         self.glm.run_flags.synced_gpus = bool(mode_kwargs.get("synced_gpus"))
-        self.glm.run_flags.custom_decoding = (args[0] if args else kwargs.get("custom_generate")) is not None
+        self.glm.run_flags.custom_decoding = custom_generate is not None
         return mode_kwargs
 
     def _bos_prompt(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
