@@ -175,6 +175,14 @@ class SteeringGLM(GLMForConditionalGeneration):
         return super().forward(*args, **kwargs)
 
 
+class ScaledMLP(GLMMLP):
+    """A subclass of GLM's MLP given to one block (its class is not GLM's own, nor patched: only the check of each
+    block's classes sees it), scaling the MLP's output."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden_states) * -4.0
+
+
 def steer_from_the_head(model: torch.nn.Module) -> None:
     """The steering code in a wrapper of the LM head's forward (a module outside the blocks)."""
     forward = model.lm_head.forward
@@ -211,6 +219,7 @@ MODULE_CASES: dict[str, Callable[[torch.nn.Module, pytest.MonkeyPatch], Any]] = 
     "dropout-in-one-block": lambda model, patch: dropout_in_one_block(model),
     "patched-instance-forward": lambda model, patch: patch_one_projection(model),
     "patched-mlp-class": lambda model, patch: patch_a_class(patch, GLMMLP),
+    "mlp-subclass-in-one-block": lambda model, patch: setattr(model.glm.layers[1].mlp, "__class__", ScaledMLP),
     "patched-layer-norm-class": lambda model, patch: patch_a_class(patch, torch.nn.LayerNorm),
     "parametrized-weight": lambda model, patch: parametrize.register_parametrization(
         model.glm.layers[0].attention.query_key_value, "weight", Scaled()
@@ -231,6 +240,7 @@ MODULE_CASES: dict[str, Callable[[torch.nn.Module, pytest.MonkeyPatch], Any]] = 
 CHANGED_TOKENS = {
     "patched-instance-forward",
     "patched-mlp-class",
+    "mlp-subclass-in-one-block",
     "patched-layer-norm-class",
     "parametrized-weight",
     "steering-forward-wrapper",
@@ -249,10 +259,11 @@ def test_runs_the_modules_would_change_keep_the_modules(
     case: str, direct_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A hook, training mode (the model's or one block's), a forward patched onto a module or its class, a
-    parametrized weight, a block compiled on its own, per-layer outputs, or a caller's code called during the run (a
-    logits processor; a wrapper of the model's or the head's forward, a subclass's forward, an attention function
-    that steer the model between steps; an activation of one's own, module or function; blocks held in a plain list,
-    where a hook on them is not among the model's modules): the blocks run as modules, with what those change."""
+    subclass of GLM's MLP in one block, a parametrized weight, a block compiled on its own, per-layer outputs, or a
+    caller's code called during the run (a logits processor; a wrapper of the model's or the head's forward, a
+    subclass's forward, an attention function that steer the model between steps; an activation of one's own,
+    module or function; blocks held in a plain list, where a hook on them is not among the model's modules): the
+    blocks run as modules, with what those change."""
     model = tiny_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, embedding_dropout_prob=0.0)
     reference = model.generate(**blank_inputs(), **GREEDY).tolist()
     direct_calls[0] = 0
