@@ -941,3 +941,72 @@ def test_a_nested_run_keeps_the_cuda_default_on_the_dynamic_cache(monkeypatch) -
             flags.restore(nested)
     finally:
         flags.restore(outer)
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampling"])
+def test_a_deferred_stop_check_ends_at_max_length_like_transformers_loop(
+    monkeypatch, loop_calls, do_sample: bool
+) -> None:
+    """CUDA's deferred stop check, with no row ending on eos: at the last token the flag it reads is the previous
+    step's (not finished), so the run ends on its length instead, undoing nothing. The tokens, the processor's calls,
+    the columns the kept cache holds and the generator's state are those of transformers' loop."""
+    defer_the_stop_check_as_on_cuda(monkeypatch)
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    dynamic = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    unused = next(token for token in range(7, 96) if token not in dynamic.tolist()[0] + dynamic.tolist()[1])
+    options = {"eos_token_id": unused, "max_new_tokens": 6, "do_sample": do_sample, "cache_implementation": "static"}
+
+    def run() -> tuple[list[list[int]], int, int, torch.Tensor]:
+        processor = CountedProcessor()
+        torch.manual_seed(3)
+        tokens = model.generate(**inputs, logits_processor=LogitsProcessorList([processor]), **options)
+        return tokens.tolist(), processor.calls, model.kept_static_cache[-1].get_seq_length(), torch.get_rng_state()
+
+    ours = run()
+    theirs = with_transformers_loop(monkeypatch, run)
+    assert len(loop_calls) == 1 and loop_calls[0]["cache_outlives_call"] is False  # the stop check was deferred
+    assert len(ours[0][0]) == inputs["input_ids"].shape[1] + 6
+    assert ours[:3] == theirs[:3]
+    assert torch.equal(ours[3], theirs[3])
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_1d_chatglm_returning_several_sequences_holds_each_prompts_position(cache: str) -> None:
+    """A 1-D ChatGLM's new tokens keep the index of their prompt's [gMASK] (held per prompt); with
+    `num_return_sequences` each prompt's rows are repeated, and so must its held position be (`_held_positions`):
+    the sampled rows and their scores are those of the prompts given twice each, in transformers' loop and on a
+    static cache."""
+    model = tiny_chatglm(block_position_encoding=False)
+    ids = torch.tensor([[11, 12, 13, 90, 5], [21, 90, 23, 24, 5]])  # [gMASK] at 3 and at 1: held rows differ
+    options: dict[str, Any] = {"do_sample": True, "max_new_tokens": 5, "min_new_tokens": 5, "output_scores": True}
+    options["return_dict_in_generate"] = True
+    if cache == "static":
+        options["cache_implementation"] = "static"
+    torch.manual_seed(5)
+    returned = model.generate(ids, num_return_sequences=2, **options)
+    torch.manual_seed(5)
+    repeated = model.generate(ids.repeat_interleave(2, dim=0), **options)
+    assert returned.sequences.tolist() == repeated.sequences.tolist()
+    assert len(returned.scores) == 5
+    for ours, expected in zip(returned.scores, repeated.scores, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def test_the_compiled_step_is_kept_per_compile_options() -> None:
+    """The compiled step (`cache_implementation="static"`) is compiled once per set of options and kept on the
+    model, so later runs reuse it; torch.compile's own CUDA graphs are left out (a max-autotune mode becomes its
+    no-cudagraphs twin), and inductor options go without a mode (torch.compile refuses both at once: a
+    CompileConfig's default mode is set)."""
+    model = tiny_model()
+    config = copy.deepcopy(model.generation_config)
+    config.compile_config = CompileConfig(backend="eager")
+    first = captured_decoding.compiled_last_column_logits(model, config)
+    assert captured_decoding.compiled_last_column_logits(model, config) is first
+    assert dict(model._compiled_decode_step[0])["mode"] == "'default'"
+    config.compile_config = CompileConfig(backend="eager", mode="max-autotune")
+    assert captured_decoding.compiled_last_column_logits(model, config) is not first
+    assert dict(model._compiled_decode_step[0])["mode"] == "'max-autotune-no-cudagraphs'"
+    config.compile_config = CompileConfig(backend="eager", options={"trace.enabled": False})
+    captured_decoding.compiled_last_column_logits(model, config)  # no mode beside the options
+    assert "mode" not in dict(model._compiled_decode_step[0])
