@@ -1010,3 +1010,18 @@ def test_the_compiled_step_is_kept_per_compile_options() -> None:
     config.compile_config = CompileConfig(backend="eager", options={"trace.enabled": False})
     captured_decoding.compiled_last_column_logits(model, config)  # no mode beside the options
     assert "mode" not in dict(model._compiled_decode_step[0])
+
+
+def test_a_run_without_eos_or_pad_decodes_like_transformers_loop(monkeypatch, loop_calls) -> None:
+    """A model whose generation config has neither eos nor pad id (transformers fills a run's unset ids from it):
+    no eos criterion, so the static-cache loop leaves its tokens unpadded (there is no pad id to mix in) and runs to
+    the length, as transformers' loop does."""
+    model = tiny_model()
+    inputs = blank_inputs(batch_size=2, part_b=1)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = None, None
+    options = {"cache_implementation": "static", "max_new_tokens": 6, "do_sample": False}
+    ours = model.generate(**inputs, **options)
+    theirs = with_transformers_loop(monkeypatch, lambda: model.generate(**inputs, **options))
+    assert len(loop_calls) == 1
+    assert ours.shape[1] == inputs["input_ids"].shape[1] + 6
+    assert ours.tolist() == theirs.tolist()
