@@ -119,6 +119,16 @@ def test_generate_from_the_bos_token_equals_generate_from_a_bos_prompt() -> None
     assert from_nothing.tolist() == model.generate(bos, max_new_tokens=4, **GREEDY).tolist()
 
 
+def test_generate_without_input_or_bos_says_what_is_missing_and_ends_the_run() -> None:
+    """No prompt and no bos id: `_bos_prompt` gives none, positions are left to transformers, which names the
+    missing bos id; the run's flags are given back (a later run is not taken for one nested in it)."""
+    model = tiny_model()
+    model.generation_config.bos_token_id = None
+    with pytest.raises(ValueError, match="bos_token_id"):
+        model.generate(max_new_tokens=2)
+    assert model.glm.run_flags.thread is None and not model.glm.run_flags.nested
+
+
 def test_generate_from_inputs_embeds_alone_equals_generate_from_ids() -> None:
     model = make_model()
     input_ids = default_prompt()[0]
