@@ -334,7 +334,7 @@ class Same:
         self.key = id(value)
         try:
             self.ref, self.value = weakref.ref(value), None
-        except TypeError:  # no weak references to it (builtins, None): held
+        except TypeError:  # no weak references to it (None, some C callables): held
             self.ref, self.value = None, value
 
     def target(self) -> Any:
