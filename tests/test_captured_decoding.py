@@ -880,41 +880,33 @@ def test_per_step_outputs_keep_the_cuda_default_on_the_dynamic_cache(monkeypatch
     assert model._keeps_static_cache(config, greedy)
 
 
-def test_synced_gpus_keep_the_cuda_default_on_the_dynamic_cache(monkeypatch) -> None:
-    """A run with `synced_gpus` (given, or set by transformers under DeepSpeed ZeRO-3 / FSDP) takes transformers'
-    loop, which on the kept static cache would compile its forward: the CUDA default then runs on the dynamic cache,
-    as without a GPU (before, it decided for the kept cache, and transformers compiled the model's forward)."""
+@pytest.mark.parametrize("kind", ["synced_gpus", "custom_generate"])
+def test_runs_in_transformers_or_a_callers_loop_keep_the_cuda_default_on_the_dynamic_cache(
+    monkeypatch, kind: str
+) -> None:
+    """Runs that never use GLM's captured step get, on CUDA by default, the dynamic cache they get without a GPU:
+    with `synced_gpus` (given, or set by transformers under DeepSpeed ZeRO-3 / FSDP) transformers' loop runs, which
+    on the kept static cache would compile the model's forward; a `custom_generate` loop (a callable, or a Hub
+    repository's) expects the dynamic cache's methods, and one copying transformers' `_sample` would compile the
+    forward on a static one. Before, both decided for the kept cache. `cache_implementation="static"` still gets it."""
     model = tiny_model()
     monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
     greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
     config = copy.deepcopy(model.generation_config)
     flags = model.glm.run_flags
-    outer = flags.begin()  # a generate() run, which resolves synced_gpus before it prepares the cache
+    outer = flags.begin()  # a generate() run, which resolves these before it prepares the cache
+    plain: tuple[Any, ...] = (None, {}, False, None, None)  # custom_generate, kwargs, synced_gpus, assistant, streamer
+    if kind == "synced_gpus":
+        asked: tuple[Any, ...] = (None, {}, True, None, None)
+    else:
+        asked = (lambda model, input_ids, **kwargs: input_ids, {}, False, None, None)
     try:
-        for synced_gpus in (False, True):
-            model._extract_generation_mode_kwargs(None, {}, synced_gpus, None, None)
-            assert model._keeps_static_cache(config, greedy) is not synced_gpus
-        config.cache_implementation = "static"  # asked for: transformers' loop on it, as transformers runs it
+        model._extract_generation_mode_kwargs(*plain)
         assert model._keeps_static_cache(config, greedy)
-    finally:
-        flags.restore(outer)
-
-
-def test_a_custom_generate_loop_gets_the_cache_of_the_cpu_default(monkeypatch) -> None:
-    """A `custom_generate` loop (a callable, or a Hub repository's, which calls generate() with its own) decodes
-    without GLM's captured step: on CUDA the default gives it the dynamic cache it gets without a GPU (before, it got
-    the kept static cache: a loop using the dynamic cache's methods failed on CUDA only, and one copying
-    transformers' `_sample` compiled the forward on it)."""
-    model = tiny_model()
-    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
-    greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
-    config = copy.deepcopy(model.generation_config)
-    flags = model.glm.run_flags
-    outer = flags.begin()  # a generate() run, which reads custom_generate before it prepares the cache
-    try:
-        for custom_generate in (None, lambda model, input_ids, **kwargs: input_ids):
-            model._extract_generation_mode_kwargs(custom_generate, {}, False, None, None)
-            assert model._keeps_static_cache(config, greedy) is (custom_generate is None)
+        model._extract_generation_mode_kwargs(*asked)
+        assert not model._keeps_static_cache(config, greedy)
+        config.cache_implementation = "static"  # asked for: as transformers runs it
+        assert model._keeps_static_cache(config, greedy)
     finally:
         flags.restore(outer)
 
