@@ -187,8 +187,8 @@ class Run:
             signal.alarm(0)
         print(line, flush=True)
         self.lines.append(line)
-        # The target's model is in a reference cycle (its decode steps hold it): collected only by the cyclic GC, which
-        # must run before the allocator can give its weights, kept static cache and graph pools back.
+        # Whatever of the target's is left in a reference cycle (torch.compile's caches, a traceback) is collected only
+        # by the cyclic GC, which must run before the allocator can give its memory back.
         gc.collect()
         torch.cuda.empty_cache() if self.device == "cuda" else None
 
