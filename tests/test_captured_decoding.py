@@ -552,7 +552,9 @@ def capture_everything(monkeypatch: pytest.MonkeyPatch) -> list[captured_decodin
 def serves(step: captured_decoding.CapturedDecodeStep, model: Any) -> bool:
     """Whether a later run like the one that captured `step` would replay it."""
     kinds = (step.tokens.shape[0], step.block_positions is not None, step.attention_mask is not None, step.forward)
-    return step.fits(*kinds, model)
+    weights, pointers = captured_decoding.parameter_pointers(model), captured_decoding.cache_pointers(step.cache())
+    settings = captured_decoding.module_settings(model)
+    return step.takes(*kinds, weights) and (step.graph is None or step.captured_over(settings, pointers))
 
 
 def test_a_captured_step_is_not_replayed_once_a_module_is_set_otherwise(monkeypatch) -> None:

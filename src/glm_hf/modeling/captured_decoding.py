@@ -153,22 +153,10 @@ class CapturedDecodeStep:
             raise ReferenceError("The model of this decode step is gone.")
         return model
 
-    def fits(
-        self, batch_size: int, has_blocks: bool, has_mask: bool, forward: Any, model: GLMForConditionalGeneration
-    ) -> bool:
-        """Whether this step (and its graph) serves a run with these inputs on its cache (`takes`), and for a
-        captured graph, with the cache's tensors where they were and the modules set as they were when it was
-        captured (a replay runs no Python: adapters switched off or merged, a module put in training mode or given
-        another forward would go unseen, and it would write keys into tensors the cache no longer holds, as after a
-        beam search reordered it)."""
-        return self.takes(batch_size, has_blocks, has_mask, forward, parameter_pointers(model)) and (
-            self.graph is None or self.captured_over(module_settings(model), cache_pointers(self.cache()))
-        )
-
     def takes(self, batch_size: int, has_blocks: bool, has_mask: bool, forward: Any, weights: tuple[int, ...]) -> bool:
         """Whether this step's buffers and forward serve a run with these inputs: the same batch and kinds of
         inputs, forward and inference mode, and the model's weights (`parameter_pointers`) where they were when it
-        was built."""
+        was built. A captured graph also needs `captured_over`."""
         return (
             batch_size == self.tokens.shape[0]
             and has_blocks == (self.block_positions is not None)
@@ -179,7 +167,10 @@ class CapturedDecodeStep:
         )
 
     def captured_over(self, settings: tuple[Any, ...], pointers: tuple[int, ...]) -> bool:
-        """Whether its graph was captured over these module settings and cache tensors, its cache still alive."""
+        """Whether its graph was captured over these module settings and cache tensors, its cache still alive: a
+        replay runs no Python (adapters switched off or merged, a module put in training mode or given another
+        forward would go unseen), and it writes keys into the tensors it was captured over (a beam search replaces
+        them)."""
         return (
             self.cache() is not None
             and pointers == self.cache_pointers_at_capture
@@ -605,7 +596,7 @@ class DecodeSteps:
 
     def fitting(self, cache: Cache, kinds: tuple[Any, ...], model: GLMForConditionalGeneration) -> CapturedDecodeStep:
         """The step on `cache` for a run of these `kinds`, now the latest used: the latest whose graph was captured
-        under the run's settings (`CapturedDecodeStep.fits`), else the latest not captured yet; else a new one,
+        under the run's settings (`takes`, `captured_over`), else the latest not captured yet; else a new one,
         kept in place of the oldest and of those that can never fit again (over weights or cache tensors that are
         gone)."""
         steps = self.by_cache.setdefault(cache, [])

@@ -1089,8 +1089,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.generation_lock = GenerationLock()
         # The static cache of generate()'s own static runs, kept for the next run that fits: (batch, dtype, device,
         # whether made in inference mode, `autocast_dtypes`, cache).
-        self.kept_static_cache: KeptStaticCache | None
-        self.kept_static_cache = None
+        self.kept_static_cache: KeptStaticCache | None = None
         self.decode_steps = DecodeSteps()  # captured decode steps, by cache (`captured_decoding`)
         self.post_init()
         self.generation_config = glm_generation_config(config)
