@@ -861,11 +861,22 @@ def test_a_forward_hook_keeps_the_cuda_default_off_the_captured_step(monkeypatch
     model = tiny_model()
     monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
     greedy = modeling_glm.GenerationMode.GREEDY_SEARCH
-    assert model._keeps_static_cache(model.generation_config, greedy)
+    flags = model.glm.run_flags
+
+    def keeps() -> bool:
+        """The decision of a generate() run begun now (which looks for hooks as it begins)."""
+        outer = flags.begin()
+        try:
+            flags.forward_hooks = modeling_glm.forward_hooks_present(model)
+            return model._keeps_static_cache(model.generation_config, greedy)
+        finally:
+            flags.restore(outer)
+
+    assert keeps()
     handle = model.glm.final_layernorm.register_forward_hook(lambda *args: None)
-    assert not model._keeps_static_cache(model.generation_config, greedy)
+    assert not keeps()
     handle.remove()
-    assert model._keeps_static_cache(model.generation_config, greedy)
+    assert keeps()
 
 
 @pytest.mark.parametrize("output", ["output_attentions", "output_hidden_states"])

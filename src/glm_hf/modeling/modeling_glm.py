@@ -1492,17 +1492,18 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         a captured step would serve no other run), anywhere with `cache_implementation="static"` (compiled where
         transformers compiles)."""
         if generation_config.cache_implementation is None:
-            if self.device.type != "cuda" or not graph_capture_supported(self) or forward_hooks_present(self):
+            flags = self.glm.run_flags  # `forward_hooks`: generate() looked for hooks once, as the run began
+            if self.device.type != "cuda" or not graph_capture_supported(self) or flags.forward_hooks:
                 return False
             if torch.is_autocast_enabled("cuda"):
                 return False
             if generation_config.output_attentions or generation_config.output_hidden_states:
                 return False
-            if self.glm.run_flags.synced_gpus:  # transformers' loop too, which would compile its forward
+            if flags.synced_gpus:  # transformers' loop too, which would compile its forward
                 return False
-            if self.glm.run_flags.custom_decoding:  # a loop of the caller's: no captured step, the cache it expects
+            if flags.custom_decoding:  # a loop of the caller's: no captured step, the cache it expects
                 return False
-            if self.glm.run_flags.nested:  # its own cache, dropped after the run: a capture would serve no other
+            if flags.nested:  # its own cache, dropped after the run: a capture would serve no other
                 return False
         elif generation_config.cache_implementation != "static":
             return False
